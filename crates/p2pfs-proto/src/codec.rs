@@ -1,0 +1,186 @@
+//! The one frame codec used on every connection.
+//!
+//! ```text
+//! frame   = length:u32be kind:u8 body          (length counts kind + body)
+//! control = kind 1: request_id:u32be postcard(Message)
+//! chunk   = kind 2: request_id:u32be content_id:[32] index:u32be data...
+//! ```
+//!
+//! The decoder checks the length against [`MAX_FRAME_LEN`] (and a control
+//! frame's against [`MAX_CONTROL_LEN`]) before reserving any memory, returns
+//! `Ok(None)` when it needs more bytes, and never panics on any input.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::limits::{CHUNK_HEADER_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN};
+use crate::message::Message;
+use crate::types::ContentId;
+use crate::ProtoError;
+
+/// Frame kind byte of a control frame.
+pub const KIND_CONTROL: u8 = 1;
+/// Frame kind byte of a chunk frame.
+pub const KIND_CHUNK: u8 = 2;
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A control message with the request id it answers or asks under.
+    Control {
+        /// Request id chosen by the requester; replies echo it.
+        id: u32,
+        /// The message.
+        msg: Message,
+    },
+    /// Raw chunk bytes answering a `PeerRequestChunk`.
+    Chunk {
+        /// The request id of the `PeerRequestChunk`.
+        id: u32,
+        /// Content.
+        content_id: ContentId,
+        /// Chunk index.
+        index: u32,
+        /// The chunk's bytes, sliced out of the read buffer without a copy.
+        data: Bytes,
+    },
+}
+
+/// Codec for [`Frame`]s; see the module docs for the layout.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCodec;
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = ProtoError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len == 0 || len > MAX_FRAME_LEN {
+            return Err(ProtoError::FrameTooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        if src.len() >= 5 {
+            let kind = src[4];
+            let max = match kind {
+                KIND_CONTROL => 1 + MAX_CONTROL_LEN,
+                KIND_CHUNK => MAX_FRAME_LEN,
+                other => return Err(ProtoError::UnknownFrameKind(other)),
+            };
+            if len > max {
+                return Err(ProtoError::FrameTooLarge { len, max });
+            }
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let mut body = src.split_to(len);
+        let kind = body.get_u8();
+        decode_body(kind, &mut body).map(Some)
+    }
+}
+
+fn decode_body(kind: u8, body: &mut BytesMut) -> Result<Frame, ProtoError> {
+    match kind {
+        KIND_CONTROL => {
+            if body.len() < 4 {
+                return Err(ProtoError::Truncated("control header"));
+            }
+            let id = body.get_u32();
+            let msg: Message = postcard::from_bytes(body).map_err(ProtoError::BadMessage)?;
+            msg.validate()?;
+            Ok(Frame::Control { id, msg })
+        }
+        KIND_CHUNK => {
+            if body.len() < CHUNK_HEADER_LEN {
+                return Err(ProtoError::Truncated("chunk header"));
+            }
+            let id = body.get_u32();
+            let mut cid = [0u8; 32];
+            body.copy_to_slice(&mut cid);
+            let index = body.get_u32();
+            let data = std::mem::take(body).freeze();
+            Ok(Frame::Chunk {
+                id,
+                content_id: ContentId(cid),
+                index,
+                data,
+            })
+        }
+        other => Err(ProtoError::UnknownFrameKind(other)),
+    }
+}
+
+/// Appends a control frame to `dst`.
+///
+/// # Errors
+/// [`ProtoError::FrameTooLarge`] when the message exceeds the control limit.
+pub fn encode_control(id: u32, msg: &Message, dst: &mut BytesMut) -> Result<(), ProtoError> {
+    let body = postcard::to_stdvec(msg).map_err(ProtoError::BadMessage)?;
+    if body.len() + 4 > MAX_CONTROL_LEN {
+        return Err(ProtoError::FrameTooLarge {
+            len: body.len() + 4,
+            max: MAX_CONTROL_LEN,
+        });
+    }
+    dst.reserve(9 + body.len());
+    dst.put_u32((1 + 4 + body.len()) as u32);
+    dst.put_u8(KIND_CONTROL);
+    dst.put_u32(id);
+    dst.put_slice(&body);
+    Ok(())
+}
+
+/// The fixed header of a chunk frame carrying `data_len` bytes; the caller
+/// writes the payload right after it (so the payload is never copied).
+///
+/// # Errors
+/// [`ProtoError::FrameTooLarge`] when the payload exceeds the frame limit.
+pub fn chunk_header(
+    id: u32,
+    content_id: &ContentId,
+    index: u32,
+    data_len: usize,
+) -> Result<[u8; 5 + CHUNK_HEADER_LEN], ProtoError> {
+    let len = 1 + CHUNK_HEADER_LEN + data_len;
+    if len > MAX_FRAME_LEN {
+        return Err(ProtoError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let mut h = [0u8; 5 + CHUNK_HEADER_LEN];
+    h[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    h[4] = KIND_CHUNK;
+    h[5..9].copy_from_slice(&id.to_be_bytes());
+    h[9..41].copy_from_slice(&content_id.0);
+    h[41..45].copy_from_slice(&index.to_be_bytes());
+    Ok(h)
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = ProtoError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        match frame {
+            Frame::Control { id, msg } => encode_control(id, &msg, dst),
+            Frame::Chunk {
+                id,
+                content_id,
+                index,
+                data,
+            } => {
+                dst.put_slice(&chunk_header(id, &content_id, index, data.len())?);
+                dst.put_slice(&data);
+                Ok(())
+            }
+        }
+    }
+}

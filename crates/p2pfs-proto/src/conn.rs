@@ -1,0 +1,331 @@
+//! Connection helpers over TCP: the hello exchange, a frame writer that
+//! batches small frames and never copies chunk payloads, and a multiplexed
+//! request/reply client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{chunk_header, encode_control, Frame, FrameCodec};
+use crate::limits::{CONNECT_TIMEOUT, HELLO_LEN, MAGIC, PROTOCOL_VERSION, REQUEST_TIMEOUT};
+use crate::message::Message;
+use crate::types::ContentId;
+use crate::ProtoError;
+
+/// What kind of endpoint sent a hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// A tracker.
+    Tracker = 1,
+    /// A peer daemon.
+    Peer = 2,
+}
+
+impl Role {
+    fn from_u8(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Tracker),
+            2 => Some(Role::Peer),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes the 8-byte hello: magic, version (u16 BE), role, reserved zero.
+pub fn encode_hello(role: Role) -> [u8; HELLO_LEN] {
+    let v = PROTOCOL_VERSION.to_be_bytes();
+    [
+        MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], role as u8, 0,
+    ]
+}
+
+/// Decodes and checks a hello.
+///
+/// # Errors
+/// [`ProtoError::BadMagic`], [`ProtoError::VersionMismatch`] or
+/// [`ProtoError::UnexpectedRole`].
+pub fn decode_hello(b: &[u8; HELLO_LEN]) -> Result<Role, ProtoError> {
+    if b[0..4] != MAGIC {
+        return Err(ProtoError::BadMagic);
+    }
+    let remote = u16::from_be_bytes([b[4], b[5]]);
+    if remote != PROTOCOL_VERSION {
+        return Err(ProtoError::VersionMismatch {
+            remote,
+            local: PROTOCOL_VERSION,
+        });
+    }
+    Role::from_u8(b[6]).ok_or_else(|| ProtoError::UnexpectedRole(format!("role byte {}", b[6])))
+}
+
+/// Runs `fut` with a time limit, naming what timed out.
+///
+/// # Errors
+/// [`ProtoError::Timeout`] when the limit passes first.
+pub async fn with_timeout<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, ProtoError>>,
+) -> Result<T, ProtoError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ProtoError::Timeout(limit, what))?
+}
+
+/// Sends our hello and reads the other side's, within [`CONNECT_TIMEOUT`].
+/// Both sides send first, so each learns the other's version and role.
+///
+/// # Errors
+/// Handshake errors and timeouts.
+pub async fn exchange_hello(stream: &mut TcpStream, me: Role) -> Result<Role, ProtoError> {
+    with_timeout(CONNECT_TIMEOUT, "exchanging hellos", async {
+        stream.write_all(&encode_hello(me)).await?;
+        let mut theirs = [0u8; HELLO_LEN];
+        stream.read_exact(&mut theirs).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ProtoError::Closed
+            } else {
+                ProtoError::Io(e)
+            }
+        })?;
+        decode_hello(&theirs)
+    })
+    .await
+}
+
+/// Connects to `addr`, exchanges hellos and checks the remote's role.
+///
+/// # Errors
+/// Connect failures, handshake errors, timeouts.
+pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<TcpStream, ProtoError> {
+    let mut stream = with_timeout(CONNECT_TIMEOUT, "connecting", async {
+        Ok(TcpStream::connect(addr).await?)
+    })
+    .await?;
+    stream.set_nodelay(true)?;
+    let role = exchange_hello(&mut stream, me).await?;
+    if role != expect {
+        return Err(ProtoError::UnexpectedRole(format!(
+            "{addr} is a {role:?}, not a {expect:?}"
+        )));
+    }
+    Ok(stream)
+}
+
+/// Splits a stream into a frame reader and a [`FrameWriter`].
+pub fn split(
+    stream: TcpStream,
+) -> (
+    FramedRead<OwnedReadHalf, FrameCodec>,
+    FrameWriter<OwnedWriteHalf>,
+) {
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::with_capacity(r, FrameCodec, 256 * 1024),
+        FrameWriter::new(w),
+    )
+}
+
+/// Writes frames. Control frames queue in a buffer until [`flush`](Self::flush);
+/// chunk payloads go straight from the caller's buffer to the socket.
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a writer.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// Queues a control frame.
+    ///
+    /// # Errors
+    /// Oversize messages.
+    pub fn queue_control(&mut self, id: u32, msg: &Message) -> Result<(), ProtoError> {
+        encode_control(id, msg, &mut self.buf)
+    }
+
+    /// Writes everything queued.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn flush(&mut self) -> Result<(), ProtoError> {
+        self.inner.write_all_buf(&mut self.buf).await?;
+        Ok(())
+    }
+
+    /// Queues and flushes one control frame.
+    ///
+    /// # Errors
+    /// Oversize messages, socket errors.
+    pub async fn send_control(&mut self, id: u32, msg: &Message) -> Result<(), ProtoError> {
+        self.queue_control(id, msg)?;
+        self.flush().await
+    }
+
+    /// Writes anything queued, then a chunk frame.
+    ///
+    /// # Errors
+    /// Oversize payloads, socket errors.
+    pub async fn send_chunk(
+        &mut self,
+        id: u32,
+        content_id: &ContentId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(), ProtoError> {
+        let header = chunk_header(id, content_id, index, data.len())?;
+        self.buf.extend_from_slice(&header);
+        self.flush().await?;
+        self.inner.write_all(data).await?;
+        Ok(())
+    }
+
+    /// Shuts the write side down.
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.inner.shutdown().await;
+    }
+}
+
+type Pending = oneshot::Sender<Result<Message, ProtoError>>;
+
+/// A request/reply client over one connection. Requests are multiplexed by
+/// request id, so many tasks can call at once. Cloning is cheap.
+#[derive(Clone)]
+pub struct RpcClient {
+    tx: mpsc::Sender<(Message, Pending)>,
+    closed: CancellationToken,
+    remote: SocketAddr,
+}
+
+impl RpcClient {
+    /// Connects, exchanges hellos and starts the connection task.
+    ///
+    /// # Errors
+    /// Connect and handshake errors.
+    pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<Self, ProtoError> {
+        let stream = connect(addr, me, expect).await?;
+        Ok(Self::start(stream, addr))
+    }
+
+    /// Starts the connection task over an already greeted stream.
+    pub fn start(stream: TcpStream, remote: SocketAddr) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let closed = CancellationToken::new();
+        let guard = closed.clone().drop_guard();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = rpc_task(stream, rx).await {
+                tracing::debug!(%remote, error = %e, "rpc connection ended");
+            }
+        });
+        Self { tx, closed, remote }
+    }
+
+    /// The remote address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Sends a request and waits for its reply, within [`REQUEST_TIMEOUT`].
+    /// An error reply becomes [`ProtoError::Remote`].
+    ///
+    /// # Errors
+    /// Connection errors, timeouts, remote errors.
+    pub async fn call(&self, msg: Message) -> Result<Message, ProtoError> {
+        self.call_timeout(msg, REQUEST_TIMEOUT).await
+    }
+
+    /// [`call`](Self::call) with a chosen time limit.
+    ///
+    /// # Errors
+    /// As `call`.
+    pub async fn call_timeout(&self, msg: Message, limit: Duration) -> Result<Message, ProtoError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((msg, tx))
+            .await
+            .map_err(|_| ProtoError::Closed)?;
+        let reply = with_timeout(limit, "waiting for a reply", async {
+            rx.await.map_err(|_| ProtoError::Closed)?
+        })
+        .await?;
+        match reply {
+            Message::Error(e) => Err(ProtoError::Remote(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+async fn rpc_task(
+    stream: TcpStream,
+    mut rx: mpsc::Receiver<(Message, Pending)>,
+) -> Result<(), ProtoError> {
+    let (mut reader, mut writer) = split(stream);
+    let mut pending: HashMap<u32, Pending> = HashMap::new();
+    let mut next_id: u32 = 1;
+    let result = loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some((msg, reply)) = req else { break Ok(()) };
+                let id = next_id;
+                next_id = next_id.wrapping_add(1).max(1);
+                if let Err(e) = writer.queue_control(id, &msg) {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+                pending.insert(id, reply);
+                // Batch whatever else is already waiting into the same write.
+                while let Ok((msg, reply)) = rx.try_recv() {
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1).max(1);
+                    match writer.queue_control(id, &msg) {
+                        Ok(()) => { pending.insert(id, reply); }
+                        Err(e) => { let _ = reply.send(Err(e)); }
+                    }
+                }
+                if let Err(e) = writer.flush().await { break Err(e) }
+            }
+            frame = reader.next() => match frame {
+                Some(Ok(Frame::Control { id, msg })) => {
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send(Ok(msg));
+                    }
+                }
+                Some(Ok(Frame::Chunk { .. })) => break Err(ProtoError::Unexpected("chunk frame")),
+                Some(Err(e)) => break Err(e),
+                None => break Err(ProtoError::Closed),
+            }
+        }
+    };
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(ProtoError::Closed));
+    }
+    result
+}

@@ -1,0 +1,81 @@
+//! Errors of the wire layer.
+
+use std::io;
+
+/// What can go wrong reading, writing or checking protocol data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// Reading or writing the socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// A frame's length is zero or over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A frame kind this version does not know.
+    #[error("unknown frame kind {0}")]
+    UnknownFrameKind(u8),
+    /// A frame ended before its fixed header did.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// The control body is not a valid message.
+    #[error("malformed message: {0}")]
+    BadMessage(#[source] postcard::Error),
+    /// A field broke a protocol limit.
+    #[error("{what} of length {len} exceeds the limit of {max}")]
+    Limit {
+        /// Which field.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A manifest is inconsistent.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    /// A bitfield's length does not match its chunk count.
+    #[error("invalid bitfield")]
+    InvalidBitfield,
+    /// The other side did not open with the p2pfs magic.
+    #[error("the remote end is not a p2pfs node (bad handshake magic)")]
+    BadMagic,
+    /// The other side speaks another protocol version.
+    #[error("protocol version mismatch: remote speaks v{remote}, we speak v{local}")]
+    VersionMismatch {
+        /// Remote version.
+        remote: u16,
+        /// Our version.
+        local: u16,
+    },
+    /// The other side has a role this endpoint does not talk to.
+    #[error("unexpected role: {0}")]
+    UnexpectedRole(String),
+    /// The connection closed.
+    #[error("connection closed by the remote end")]
+    Closed,
+    /// A read, write or connect did not finish in time.
+    #[error("timed out after {0:?} while {1}")]
+    Timeout(std::time::Duration, &'static str),
+    /// The remote answered with an error.
+    #[error("{}", .0.message)]
+    Remote(crate::message::ErrorReply),
+    /// The remote answered with a message we did not expect.
+    #[error("unexpected reply {0}")]
+    Unexpected(&'static str),
+}
+
+impl ProtoError {
+    /// The remote's error code, when it answered with an error.
+    pub fn remote_code(&self) -> Option<crate::message::ErrorCode> {
+        match self {
+            ProtoError::Remote(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}

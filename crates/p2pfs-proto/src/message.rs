@@ -1,0 +1,450 @@
+//! Control messages. Every control frame carries exactly one [`Message`].
+//!
+//! Postcard encodes an enum variant as its position, so the variants below
+//! are append-only: never reorder or remove one (PROTOCOL.md lists the
+//! numbers, and a golden-byte test pins them).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_LIST_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_TEXT_LEN};
+use crate::types::{Bitfield, ContentId, Manifest, PeerId};
+use crate::ProtoError;
+
+/// Numeric error codes carried by [`Message::Error`]. Append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 0: the request was malformed or broke a limit.
+    BadRequest,
+    /// 1: the named file, peer or chunk is unknown.
+    NotFound,
+    /// 2: the request needs a registered peer.
+    NotRegistered,
+    /// 3: the name is already published by this peer.
+    NameTaken,
+    /// 4: the local path is already published by this peer.
+    PathTaken,
+    /// 5: several publishers share the name; ask again with one.
+    Ambiguous,
+    /// 6: the peer does not hold that chunk.
+    NotHeld,
+    /// 7: the chunk index is outside the manifest.
+    OutOfRange,
+    /// 8: the other side speaks another protocol version or role.
+    Incompatible,
+    /// 9: the server is overloaded; try later or elsewhere.
+    Busy,
+    /// 10: an unexpected failure on the server's side.
+    Internal,
+    /// 11: refused by a rule (e.g. pinging oneself).
+    Refused,
+}
+
+/// Error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// One row of the tracker's file list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Published name.
+    pub name: String,
+    /// Publisher's listen address.
+    pub publisher: SocketAddr,
+    /// Publisher's peer id.
+    pub publisher_id: PeerId,
+    /// Whether the publisher is online now.
+    pub publisher_online: bool,
+    /// Content id.
+    pub content_id: ContentId,
+    /// File size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Number of online peers holding at least one chunk.
+    pub sources: u32,
+    /// Number of online peers holding every chunk.
+    pub seeders: u32,
+}
+
+/// One published file of one peer, as `discover` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedInfo {
+    /// Published name.
+    pub name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Path on the publisher's disk.
+    pub local_path: String,
+    /// Content id.
+    pub content_id: ContentId,
+}
+
+/// A peer that holds some chunks of a content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Where it listens for chunk requests.
+    pub addr: SocketAddr,
+    /// Which chunks it holds.
+    pub have: Bitfield,
+}
+
+/// One online peer, as `list_peers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Seconds since the Unix epoch when it registered.
+    pub connected_since: u64,
+    /// Files it published.
+    pub published: u32,
+    /// Contents it holds chunks of.
+    pub holding: u32,
+}
+
+/// Holders of one content, as `list_chunkinfo` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    /// Names this content is published under, with publishers.
+    pub names: Vec<(String, SocketAddr)>,
+    /// Content id.
+    pub content_id: ContentId,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Online holders.
+    pub holders: Vec<Holder>,
+}
+
+/// Every control message of the protocol. See PROTOCOL.md for who sends
+/// which and what answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// 0: an error reply to the request with the same id.
+    Error(ErrorReply),
+    /// 1: a plain success reply.
+    Ok,
+    /// 2: peer → tracker: register this peer.
+    RequestRegister {
+        /// Stable id of the peer.
+        peer_id: PeerId,
+        /// Address other peers connect to. An unspecified IP (0.0.0.0) is
+        /// replaced by the IP the tracker sees.
+        listen: SocketAddr,
+    },
+    /// 3: tracker → peer: registered.
+    ReplyRegister {
+        /// The listen address the tracker will advertise.
+        listen: SocketAddr,
+    },
+    /// 4: peer → tracker: publish a file.
+    RequestPublish {
+        /// Name unique among this peer's publications.
+        name: String,
+        /// Path on the publisher's disk (shown by discover).
+        local_path: String,
+        /// Size, chunk size and chunk hashes.
+        manifest: Manifest,
+    },
+    /// 5: tracker → peer: published.
+    ReplyPublish {
+        /// Content id of the manifest.
+        content_id: ContentId,
+    },
+    /// 6: list every file.
+    RequestFileList,
+    /// 7: the files.
+    ReplyFileList {
+        /// One row per (name, publisher).
+        files: Vec<FileInfo>,
+    },
+    /// 8: list one peer's published files.
+    RequestDiscover {
+        /// Its listen address.
+        addr: SocketAddr,
+    },
+    /// 9: that peer's files.
+    ReplyDiscover {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The peer's id.
+        peer_id: PeerId,
+        /// Its publications.
+        files: Vec<PublishedInfo>,
+    },
+    /// 10: ping; answered by `ReplyPingPong` with the same nonce.
+    RequestPingPong {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// 11: pong.
+    ReplyPingPong {
+        /// The request's nonce.
+        nonce: u64,
+    },
+    /// 12: where is this file: its manifest and holders.
+    RequestFileLocation {
+        /// Published name.
+        name: String,
+        /// The publisher, when several share the name.
+        publisher: Option<SocketAddr>,
+    },
+    /// 13: the file's manifest and holders.
+    ReplyFileLocation {
+        /// Published name.
+        name: String,
+        /// Publisher's address.
+        publisher: SocketAddr,
+        /// Content id.
+        content_id: ContentId,
+        /// The manifest.
+        manifest: Manifest,
+        /// Online holders, publisher included when online.
+        holders: Vec<Holder>,
+    },
+    /// 14: peer → tracker: it now holds these chunks (batched).
+    RequestChunkRegister {
+        /// Content.
+        content_id: ContentId,
+        /// Newly verified chunk indexes.
+        indexes: Vec<u32>,
+    },
+    /// 15: peer → peer: send one chunk; answered by a chunk frame with the
+    /// same request id, or an error.
+    PeerRequestChunk {
+        /// Content.
+        content_id: ContentId,
+        /// Chunk index.
+        index: u32,
+    },
+    /// 16: peer → tracker: still alive. Answered by `Ok`.
+    Heartbeat,
+    /// 17: peer → tracker: leaving; forget me. Answered by `Ok`.
+    Leave,
+    /// 18: list online peers.
+    RequestPeerList,
+    /// 19: the peers.
+    ReplyPeerList {
+        /// Online peers.
+        peers: Vec<PeerInfo>,
+    },
+    /// 20: who holds which chunks of every content.
+    RequestChunkInfo,
+    /// 21: per content, the holders and their bitfields.
+    ReplyChunkInfo {
+        /// One entry per content.
+        files: Vec<ChunkInfo>,
+    },
+    /// 22: refreshed holders of a content (the download manager polls this).
+    RequestHolders {
+        /// Content.
+        content_id: ContentId,
+    },
+    /// 23: the holders.
+    ReplyHolders {
+        /// Online holders.
+        holders: Vec<Holder>,
+    },
+}
+
+impl Message {
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Error(_) => "Error",
+            Message::Ok => "Ok",
+            Message::RequestRegister { .. } => "REQUEST_REGISTER",
+            Message::ReplyRegister { .. } => "REPLY_REGISTER",
+            Message::RequestPublish { .. } => "REQUEST_PUBLISH",
+            Message::ReplyPublish { .. } => "REPLY_PUBLISH",
+            Message::RequestFileList => "REQUEST_FILE_LIST",
+            Message::ReplyFileList { .. } => "REPLY_FILE_LIST",
+            Message::RequestDiscover { .. } => "REQUEST_DISCOVER",
+            Message::ReplyDiscover { .. } => "REPLY_DISCOVER",
+            Message::RequestPingPong { .. } => "REQUEST_PING_PONG",
+            Message::ReplyPingPong { .. } => "REPLY_PING_PONG",
+            Message::RequestFileLocation { .. } => "REQUEST_FILE_LOCATION",
+            Message::ReplyFileLocation { .. } => "REPLY_FILE_LOCATION",
+            Message::RequestChunkRegister { .. } => "REQUEST_CHUNK_REGISTER",
+            Message::PeerRequestChunk { .. } => "PEER_REQUEST_CHUNK",
+            Message::Heartbeat => "HEARTBEAT",
+            Message::Leave => "LEAVE",
+            Message::RequestPeerList => "REQUEST_PEER_LIST",
+            Message::ReplyPeerList { .. } => "REPLY_PEER_LIST",
+            Message::RequestChunkInfo => "REQUEST_CHUNK_INFO",
+            Message::ReplyChunkInfo { .. } => "REPLY_CHUNK_INFO",
+            Message::RequestHolders { .. } => "REQUEST_HOLDERS",
+            Message::ReplyHolders { .. } => "REPLY_HOLDERS",
+        }
+    }
+
+    /// Builds an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        truncate_utf8(&mut message, MAX_TEXT_LEN);
+        Message::Error(ErrorReply { code, message })
+    }
+
+    /// Checks every limit that serde cannot: name and text lengths, list
+    /// lengths, manifest and bitfield consistency.
+    ///
+    /// # Errors
+    /// [`ProtoError::Limit`] or the manifest/bitfield error.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        match self {
+            Message::Error(e) => text(&e.message, MAX_TEXT_LEN, "error message"),
+            Message::RequestPublish {
+                name,
+                local_path,
+                manifest,
+            } => {
+                text(name, MAX_NAME_LEN, "name")?;
+                text(local_path, MAX_PATH_LEN, "local path")?;
+                manifest.validate()
+            }
+            Message::ReplyFileList { files } => {
+                list(files.len())?;
+                files
+                    .iter()
+                    .try_for_each(|f| text(&f.name, MAX_NAME_LEN, "name"))
+            }
+            Message::ReplyDiscover { files, .. } => {
+                list(files.len())?;
+                files.iter().try_for_each(|f| {
+                    text(&f.name, MAX_NAME_LEN, "name")?;
+                    text(&f.local_path, MAX_PATH_LEN, "local path")
+                })
+            }
+            Message::RequestFileLocation { name, .. } => text(name, MAX_NAME_LEN, "name"),
+            Message::ReplyFileLocation {
+                name,
+                manifest,
+                holders,
+                ..
+            } => {
+                text(name, MAX_NAME_LEN, "name")?;
+                manifest.validate()?;
+                holders_ok(holders)
+            }
+            Message::RequestChunkRegister { indexes, .. } => list(indexes.len()),
+            Message::ReplyPeerList { peers } => list(peers.len()),
+            Message::ReplyChunkInfo { files } => {
+                list(files.len())?;
+                files.iter().try_for_each(|f| {
+                    list(f.names.len())?;
+                    f.names
+                        .iter()
+                        .try_for_each(|(n, _)| text(n, MAX_NAME_LEN, "name"))?;
+                    holders_ok(&f.holders)
+                })
+            }
+            Message::ReplyHolders { holders } => holders_ok(holders),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn text(s: &str, max: usize, what: &'static str) -> Result<(), ProtoError> {
+    if s.len() > max {
+        return Err(ProtoError::Limit {
+            what,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn list(len: usize) -> Result<(), ProtoError> {
+    if len > MAX_LIST_LEN {
+        return Err(ProtoError::Limit {
+            what: "list",
+            len,
+            max: MAX_LIST_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn holders_ok(holders: &[Holder]) -> Result<(), ProtoError> {
+    list(holders.len())?;
+    holders.iter().try_for_each(|h| h.have.validate())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// Why a published name is not acceptable, or `None` when it is.
+///
+/// A name must be 1–255 bytes of UTF-8, hold no `/`, `\`, NUL or other
+/// control character, not be `.` or `..`, and not start or end with
+/// white space.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("the name is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some("the name is longer than 255 bytes");
+    }
+    if name.contains(['/', '\\']) {
+        return Some("the name holds a path separator");
+    }
+    if name.chars().any(char::is_control) {
+        return Some("the name holds a control character");
+    }
+    if name == "." || name == ".." {
+        return Some("the name cannot be '.' or '..'");
+    }
+    if name.trim() != name {
+        return Some("the name starts or ends with white space");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(name_problem("notes ü.txt"), None);
+        assert!(name_problem("").is_some());
+        assert!(name_problem("a/b").is_some());
+        assert!(name_problem("a\\b").is_some());
+        assert!(name_problem("a\0b").is_some());
+        assert!(name_problem("a\nb").is_some());
+        assert!(name_problem("..").is_some());
+        assert!(name_problem(&"x".repeat(256)).is_some());
+        assert_eq!(name_problem(&"x".repeat(255)), None);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut s = "üüü".to_string();
+        truncate_utf8(&mut s, 3);
+        assert_eq!(s, "ü");
+    }
+}

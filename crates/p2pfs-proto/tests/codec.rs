@@ -1,0 +1,339 @@
+//! Codec tests: round trips of every message, golden bytes, strict prefixes,
+//! limits, and random or truncated input that must never panic.
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use p2pfs_proto::codec::{encode_control, KIND_CHUNK, KIND_CONTROL};
+use p2pfs_proto::limits::{MAX_FRAME_LEN, MIN_CHUNK_SIZE};
+use p2pfs_proto::message::{ChunkInfo, FileInfo, Holder, PeerInfo, PublishedInfo};
+use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Frame, FrameCodec, Manifest, Message, PeerId};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ._ü-]{0,40}"
+}
+
+fn manifest() -> impl Strategy<Value = Manifest> {
+    (0u64..(8 * MIN_CHUNK_SIZE as u64)).prop_map(|size| {
+        let n = size.div_ceil(u64::from(MIN_CHUNK_SIZE)) as usize;
+        Manifest {
+            size,
+            chunk_size: MIN_CHUNK_SIZE,
+            hashes: (0..n).map(|i| [i as u8; 32]).collect(),
+        }
+    })
+}
+
+fn bitfield() -> impl Strategy<Value = Bitfield> {
+    (0u32..300, proptest::collection::vec(any::<u32>(), 0..20)).prop_map(|(len, idx)| {
+        let mut b = Bitfield::new(len);
+        for i in idx {
+            if len > 0 {
+                b.set(i % len);
+            }
+        }
+        b
+    })
+}
+
+fn holder() -> impl Strategy<Value = Holder> {
+    (any::<[u8; 16]>(), addr(), bitfield()).prop_map(|(p, addr, have)| Holder {
+        peer_id: PeerId(p),
+        addr,
+        have,
+    })
+}
+
+fn cid() -> impl Strategy<Value = ContentId> {
+    any::<[u8; 32]>().prop_map(ContentId)
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        name().prop_map(|m| Message::error(ErrorCode::NotFound, m)),
+        Just(Message::Ok),
+        (any::<[u8; 16]>(), addr()).prop_map(|(p, listen)| Message::RequestRegister {
+            peer_id: PeerId(p),
+            listen
+        }),
+        addr().prop_map(|listen| Message::ReplyRegister { listen }),
+        (name(), name(), manifest()).prop_map(|(name, local_path, manifest)| {
+            Message::RequestPublish {
+                name,
+                local_path,
+                manifest,
+            }
+        }),
+        cid().prop_map(|content_id| Message::ReplyPublish { content_id }),
+        Just(Message::RequestFileList),
+        proptest::collection::vec((name(), addr(), cid(), any::<u64>(), any::<u32>()), 0..5)
+            .prop_map(|v| Message::ReplyFileList {
+                files: v
+                    .into_iter()
+                    .map(|(name, publisher, content_id, size, n)| FileInfo {
+                        name,
+                        publisher,
+                        publisher_id: PeerId([1; 16]),
+                        publisher_online: n % 2 == 0,
+                        content_id,
+                        size,
+                        chunk_size: MIN_CHUNK_SIZE,
+                        chunks: n,
+                        sources: n / 3,
+                        seeders: n / 7,
+                    })
+                    .collect()
+            }),
+        addr().prop_map(|addr| Message::RequestDiscover { addr }),
+        (
+            addr(),
+            proptest::collection::vec((name(), name(), any::<u64>(), cid()), 0..5)
+        )
+            .prop_map(|(addr, v)| Message::ReplyDiscover {
+                addr,
+                peer_id: PeerId([9; 16]),
+                files: v
+                    .into_iter()
+                    .map(|(name, local_path, size, content_id)| PublishedInfo {
+                        name,
+                        size,
+                        chunks: 3,
+                        local_path,
+                        content_id
+                    })
+                    .collect()
+            }),
+        any::<u64>().prop_map(|nonce| Message::RequestPingPong { nonce }),
+        any::<u64>().prop_map(|nonce| Message::ReplyPingPong { nonce }),
+        (name(), proptest::option::of(addr()))
+            .prop_map(|(name, publisher)| Message::RequestFileLocation { name, publisher }),
+        (
+            name(),
+            addr(),
+            cid(),
+            manifest(),
+            proptest::collection::vec(holder(), 0..4)
+        )
+            .prop_map(|(name, publisher, content_id, manifest, holders)| {
+                Message::ReplyFileLocation {
+                    name,
+                    publisher,
+                    content_id,
+                    manifest,
+                    holders,
+                }
+            }),
+        (cid(), proptest::collection::vec(any::<u32>(), 0..50)).prop_map(
+            |(content_id, indexes)| Message::RequestChunkRegister {
+                content_id,
+                indexes
+            }
+        ),
+        (cid(), any::<u32>())
+            .prop_map(|(content_id, index)| Message::PeerRequestChunk { content_id, index }),
+        Just(Message::Heartbeat),
+        Just(Message::Leave),
+        Just(Message::RequestPeerList),
+        proptest::collection::vec((any::<[u8; 16]>(), addr(), any::<u64>()), 0..5).prop_map(|v| {
+            Message::ReplyPeerList {
+                peers: v
+                    .into_iter()
+                    .map(|(p, addr, t)| PeerInfo {
+                        peer_id: PeerId(p),
+                        addr,
+                        connected_since: t,
+                        published: 1,
+                        holding: 2,
+                    })
+                    .collect(),
+            }
+        }),
+        Just(Message::RequestChunkInfo),
+        (
+            name(),
+            addr(),
+            cid(),
+            proptest::collection::vec(holder(), 0..3)
+        )
+            .prop_map(|(n, a, content_id, holders)| Message::ReplyChunkInfo {
+                files: vec![ChunkInfo {
+                    names: vec![(n, a)],
+                    content_id,
+                    chunks: 7,
+                    holders
+                }]
+            }),
+        cid().prop_map(|content_id| Message::RequestHolders { content_id }),
+        proptest::collection::vec(holder(), 0..4)
+            .prop_map(|holders| Message::ReplyHolders { holders }),
+    ]
+}
+
+fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, p2pfs_proto::ProtoError> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = FrameCodec.decode(&mut buf)? {
+        out.push(f);
+    }
+    Ok(out)
+}
+
+proptest! {
+    #[test]
+    fn control_frames_round_trip(id in any::<u32>(), msg in message()) {
+        let mut buf = BytesMut::new();
+        FrameCodec.encode(Frame::Control { id, msg: msg.clone() }, &mut buf).unwrap();
+        let frames = decode_all(&buf).unwrap();
+        prop_assert_eq!(frames, vec![Frame::Control { id, msg }]);
+    }
+
+    #[test]
+    fn chunk_frames_round_trip(id in any::<u32>(), c in cid(), index in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        let mut buf = BytesMut::new();
+        let frame = Frame::Chunk { id, content_id: c, index, data: Bytes::from(data) };
+        FrameCodec.encode(frame.clone(), &mut buf).unwrap();
+        prop_assert_eq!(decode_all(&buf).unwrap(), vec![frame]);
+    }
+
+    #[test]
+    fn every_strict_prefix_needs_more(msg in message()) {
+        let mut full = BytesMut::new();
+        encode_control(7, &msg, &mut full).unwrap();
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            prop_assert_eq!(FrameCodec.decode(&mut buf).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = decode_all(&bytes);
+    }
+
+    #[test]
+    fn random_control_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1 + body.len() as u32);
+        buf.put_u8(KIND_CONTROL);
+        buf.put_slice(&body);
+        let _ = decode_all(&buf);
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(msg in message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let mut buf = BytesMut::new();
+        encode_control(1, &msg, &mut buf).unwrap();
+        for (pos, val) in flips {
+            let n = buf.len();
+            buf[pos % n] ^= val;
+        }
+        let _ = decode_all(&buf);
+    }
+}
+
+#[test]
+fn golden_bytes_pin_the_wire_format() {
+    let mut buf = BytesMut::new();
+    encode_control(
+        0x0102_0304,
+        &Message::RequestPingPong { nonce: 5 },
+        &mut buf,
+    )
+    .unwrap();
+    // length 7 = kind + id + variant 10 + varint 5
+    assert_eq!(&buf[..], &[0, 0, 0, 7, 1, 1, 2, 3, 4, 10, 5]);
+    let mut buf = BytesMut::new();
+    encode_control(1, &Message::Heartbeat, &mut buf).unwrap();
+    assert_eq!(&buf[..], &[0, 0, 0, 6, 1, 0, 0, 0, 1, 16]);
+    let mut buf = BytesMut::new();
+    encode_control(
+        1,
+        &Message::RequestHolders {
+            content_id: ContentId([0; 32]),
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(buf[9], 22);
+}
+
+#[test]
+fn oversize_length_errors_before_allocating() {
+    let mut buf = BytesMut::new();
+    buf.put_u32(MAX_FRAME_LEN as u32 + 1);
+    buf.put_u8(KIND_CHUNK);
+    assert!(FrameCodec.decode(&mut buf).is_err());
+    assert!(buf.capacity() < 1024);
+    // A control frame may not claim a chunk-sized length either.
+    let mut buf = BytesMut::new();
+    buf.put_u32(8 * 1024 * 1024);
+    buf.put_u8(KIND_CONTROL);
+    assert!(FrameCodec.decode(&mut buf).is_err());
+    assert!(buf.capacity() < 1024);
+}
+
+#[test]
+fn zero_length_and_unknown_kinds_are_errors() {
+    assert!(decode_all(&[0, 0, 0, 0]).is_err());
+    assert!(decode_all(&[0, 0, 0, 1, 9]).is_err());
+    assert!(decode_all(&[0, 0, 0, 2, KIND_CHUNK, 0]).is_err());
+}
+
+#[test]
+fn limits_are_enforced_by_the_decoder() {
+    let long = "x".repeat(300);
+    let mut buf = BytesMut::new();
+    encode_control(
+        1,
+        &Message::RequestFileLocation {
+            name: long,
+            publisher: None,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert!(decode_all(&buf).is_err());
+    let bad = Manifest {
+        size: 10,
+        chunk_size: MIN_CHUNK_SIZE,
+        hashes: vec![],
+    };
+    let mut buf = BytesMut::new();
+    encode_control(
+        1,
+        &Message::RequestPublish {
+            name: "a".into(),
+            local_path: "/a".into(),
+            manifest: bad,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert!(decode_all(&buf).is_err());
+}
+
+#[test]
+fn hello_checks_magic_version_and_role() {
+    use p2pfs_proto::conn::{decode_hello, encode_hello};
+    use p2pfs_proto::{ProtoError, Role};
+    assert_eq!(decode_hello(&encode_hello(Role::Peer)).unwrap(), Role::Peer);
+    let mut h = encode_hello(Role::Tracker);
+    h[5] = 99;
+    assert!(matches!(
+        decode_hello(&h),
+        Err(ProtoError::VersionMismatch { remote: 99, .. })
+    ));
+    assert!(matches!(
+        decode_hello(b"GET / HT"),
+        Err(ProtoError::BadMagic)
+    ));
+    let mut h = encode_hello(Role::Peer);
+    h[6] = 7;
+    assert!(decode_hello(&h).is_err());
+}

@@ -1,0 +1,239 @@
+//! The tracker's listener and peer sessions.
+//!
+//! Each accepted connection gets one task: hello exchange, then a loop that
+//! reads control frames (with [`PEER_TIMEOUT`] as the read limit, so a peer
+//! that stops sending heartbeats is dropped), answers each one, and batches
+//! the replies of frames that arrived together into one write. When the
+//! connection ends, the registered peer and its holdings are removed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use p2pfs_proto::conn::{exchange_hello, split};
+use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
+use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::handle::Shared;
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 8192;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts connections until `shutdown` is cancelled.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%remote, "connection limit reached; closing");
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+            let mut registered = None;
+            let result = tokio::select! {
+                () = shutdown.cancelled() => Ok(()),
+                r = session(stream, remote, &shared, conn_id, &mut registered) => r,
+            };
+            if let Some(peer_id) = registered {
+                if shared
+                    .state
+                    .lock()
+                    .map(|mut s| s.remove_peer(peer_id, Some(conn_id)))
+                    .unwrap_or(false)
+                {
+                    info!(peer = %peer_id.short(), %remote, "peer left");
+                    shared.changed();
+                }
+            }
+            match result {
+                Ok(()) | Err(ProtoError::Closed) => debug!(%remote, "connection closed"),
+                Err(e) => debug!(%remote, error = %e, "connection ended"),
+            }
+        });
+    }
+    info!("tracker stopped accepting");
+}
+
+async fn session(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    shared: &Shared,
+    conn_id: u64,
+    registered: &mut Option<PeerId>,
+) -> Result<(), ProtoError> {
+    stream.set_nodelay(true)?;
+    let role = exchange_hello(&mut stream, Role::Tracker).await?;
+    if role != Role::Peer {
+        return Err(ProtoError::UnexpectedRole(format!(
+            "{role:?} connected to the tracker"
+        )));
+    }
+    let (mut reader, mut writer) = split(stream);
+    loop {
+        let frame = match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
+            Err(_) => return Err(ProtoError::Timeout(PEER_TIMEOUT, "waiting for a heartbeat")),
+            Ok(None) => return Err(ProtoError::Closed),
+            Ok(Some(f)) => f?,
+        };
+        let mut next = Some(frame);
+        let mut leave = false;
+        while let Some(frame) = next.take() {
+            let Frame::Control { id, msg } = frame else {
+                writer.queue_control(
+                    0,
+                    &Message::error(
+                        ErrorCode::BadRequest,
+                        "chunk frames are not for the tracker",
+                    ),
+                )?;
+                writer.flush().await?;
+                return Err(ProtoError::Unexpected("chunk frame"));
+            };
+            leave |= matches!(msg, Message::Leave);
+            let reply = handle_request(shared, remote, conn_id, registered, msg);
+            writer.queue_control(id, &reply)?;
+            // Answer everything that is already buffered in one write.
+            if let Some(Some(f)) = reader.next().now_or_never() {
+                next = Some(f?);
+            }
+        }
+        tokio::time::timeout(CONNECT_TIMEOUT * 2, writer.flush())
+            .await
+            .map_err(|_| ProtoError::Timeout(CONNECT_TIMEOUT * 2, "writing replies"))??;
+        if leave {
+            return Ok(());
+        }
+    }
+}
+
+fn refusal((code, message): (ErrorCode, String)) -> Message {
+    Message::error(code, message)
+}
+
+fn handle_request(
+    shared: &Shared,
+    remote: SocketAddr,
+    conn_id: u64,
+    registered: &mut Option<PeerId>,
+    msg: Message,
+) -> Message {
+    let Ok(mut state) = shared.state.lock() else {
+        return Message::error(ErrorCode::Internal, "tracker state poisoned");
+    };
+    let mut changed = true;
+    let reply = match msg {
+        Message::RequestRegister {
+            peer_id,
+            mut listen,
+        } => {
+            if listen.ip().is_unspecified() {
+                listen.set_ip(remote.ip());
+            }
+            if let Some(old) = registered.replace(peer_id) {
+                if old != peer_id {
+                    state.remove_peer(old, Some(conn_id));
+                }
+            }
+            state.register(peer_id, listen, conn_id);
+            info!(peer = %peer_id.short(), %listen, "peer registered");
+            Message::ReplyRegister { listen }
+        }
+        Message::RequestPublish {
+            name,
+            local_path,
+            manifest,
+        } => match *registered {
+            None => Message::error(ErrorCode::NotRegistered, "register before publishing"),
+            Some(peer) => {
+                let size = manifest.size;
+                match state.publish(peer, name.clone(), local_path, manifest) {
+                    Ok(content_id) => {
+                        info!(peer = %peer.short(), %name, size, "file published");
+                        Message::ReplyPublish { content_id }
+                    }
+                    Err(r) => refusal(r),
+                }
+            }
+        },
+        Message::RequestChunkRegister {
+            content_id,
+            indexes,
+        } => match *registered {
+            None => Message::error(
+                ErrorCode::NotRegistered,
+                "register before announcing chunks",
+            ),
+            Some(peer) => state
+                .chunk_register(peer, content_id, &indexes)
+                .map_or_else(refusal, |()| Message::Ok),
+        },
+        Message::Heartbeat => {
+            changed = false;
+            Message::Ok
+        }
+        Message::Leave => {
+            if let Some(peer) = registered.take() {
+                state.remove_peer(peer, Some(conn_id));
+                info!(peer = %peer.short(), "peer left");
+            }
+            Message::Ok
+        }
+        other => {
+            changed = false;
+            match other {
+                Message::RequestFileList => Message::ReplyFileList {
+                    files: state.files(),
+                },
+                Message::RequestDiscover { addr } => state.discover(addr).unwrap_or_else(refusal),
+                Message::RequestFileLocation { name, publisher } => {
+                    state.locate(&name, publisher).unwrap_or_else(refusal)
+                }
+                Message::RequestHolders { content_id } => Message::ReplyHolders {
+                    holders: state.holders(&content_id),
+                },
+                Message::RequestPeerList => Message::ReplyPeerList {
+                    peers: state.peers(),
+                },
+                Message::RequestChunkInfo => Message::ReplyChunkInfo {
+                    files: state.chunk_info(),
+                },
+                Message::RequestPingPong { nonce } => Message::ReplyPingPong { nonce },
+                other => Message::error(
+                    ErrorCode::BadRequest,
+                    format!("{} is not a tracker request", other.kind()),
+                ),
+            }
+        }
+    };
+    drop(state);
+    if changed {
+        shared.changed();
+    }
+    reply
+}

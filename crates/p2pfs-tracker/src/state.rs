@@ -1,0 +1,488 @@
+//! The tracker's soft state: online peers, publications and holdings.
+//! Everything here can be rebuilt from what peers announce; nothing is
+//! persisted. All methods are synchronous and quick, so callers hold the
+//! state's mutex only for the call (never across an await).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, Holder, PeerInfo, PublishedInfo};
+use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId};
+
+/// An online peer.
+#[derive(Debug, Clone)]
+struct PeerEntry {
+    addr: SocketAddr,
+    conn_id: u64,
+    since: u64,
+}
+
+/// A (name, publisher) entry.
+#[derive(Debug, Clone)]
+struct Publication {
+    content_id: ContentId,
+    local_path: String,
+    publisher_addr: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Content {
+    manifest: Arc<Manifest>,
+    holders: HashMap<PeerId, Bitfield>,
+}
+
+/// Tracker state. See the module docs.
+#[derive(Debug, Default)]
+pub struct State {
+    peers: HashMap<PeerId, PeerEntry>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    publications: BTreeMap<(String, PeerId), Publication>,
+    contents: HashMap<ContentId, Content>,
+}
+
+/// A request refused, as an error code and a human message.
+pub type Refusal = (ErrorCode, String);
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl State {
+    /// Registers (or re-registers) a peer on connection `conn_id`.
+    /// A peer id or address already online is replaced: the newer wins.
+    pub fn register(&mut self, peer_id: PeerId, addr: SocketAddr, conn_id: u64) {
+        if let Some(old) = self.by_addr.get(&addr).copied() {
+            if old != peer_id {
+                self.remove_peer(old, None);
+            }
+        }
+        if let Some(old) = self.peers.get(&peer_id) {
+            let old_addr = old.addr;
+            self.by_addr.remove(&old_addr);
+        }
+        let since = self.peers.get(&peer_id).map_or_else(now_secs, |p| p.since);
+        self.peers.insert(
+            peer_id,
+            PeerEntry {
+                addr,
+                conn_id,
+                since,
+            },
+        );
+        self.by_addr.insert(addr, peer_id);
+        for ((_, publisher), publication) in self.publications.iter_mut() {
+            if *publisher == peer_id {
+                publication.publisher_addr = addr;
+            }
+        }
+    }
+
+    /// Removes a peer and everything it holds. With `conn_id`, only when the
+    /// peer is still registered on that connection (a reconnect may already
+    /// have replaced it). Returns whether anything was removed.
+    pub fn remove_peer(&mut self, peer_id: PeerId, conn_id: Option<u64>) -> bool {
+        match self.peers.get(&peer_id) {
+            Some(p) if conn_id.is_none_or(|c| c == p.conn_id) => {}
+            _ => return false,
+        }
+        if let Some(p) = self.peers.remove(&peer_id) {
+            self.by_addr.remove(&p.addr);
+        }
+        self.contents.retain(|_, c| {
+            c.holders.remove(&peer_id);
+            !c.holders.is_empty()
+        });
+        let contents = &self.contents;
+        self.publications
+            .retain(|_, p| contents.contains_key(&p.content_id));
+        true
+    }
+
+    /// Number of online peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether a peer is online at `addr`.
+    pub fn is_online(&self, addr: &SocketAddr) -> bool {
+        self.by_addr.contains_key(addr)
+    }
+
+    /// Records a publication by `peer_id` and makes it a full holder.
+    ///
+    /// # Errors
+    /// A refusal for bad names, taken names or paths, or an unregistered peer.
+    pub fn publish(
+        &mut self,
+        peer_id: PeerId,
+        name: String,
+        local_path: String,
+        manifest: Manifest,
+    ) -> Result<ContentId, Refusal> {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return Err((
+                ErrorCode::NotRegistered,
+                "register before publishing".into(),
+            ));
+        };
+        let addr = peer.addr;
+        if let Some(why) = name_problem(&name) {
+            return Err((ErrorCode::BadRequest, format!("invalid name: {why}")));
+        }
+        let content_id = manifest.content_id();
+        if let Some(p) = self.publications.get(&(name.clone(), peer_id)) {
+            if p.content_id != content_id {
+                return Err((
+                    ErrorCode::NameTaken,
+                    format!("you already published a file named '{name}'"),
+                ));
+            }
+        }
+        if let Some(((other, _), _)) = self
+            .publications
+            .iter()
+            .find(|((n, p), publ)| *p == peer_id && publ.local_path == local_path && *n != name)
+        {
+            return Err((
+                ErrorCode::PathTaken,
+                format!("'{local_path}' is already published as '{other}'"),
+            ));
+        }
+        let chunks = manifest.chunk_count();
+        let content = self.contents.entry(content_id).or_insert_with(|| Content {
+            manifest: Arc::new(manifest),
+            holders: HashMap::new(),
+        });
+        content.holders.insert(peer_id, Bitfield::full(chunks));
+        self.publications.insert(
+            (name, peer_id),
+            Publication {
+                content_id,
+                local_path,
+                publisher_addr: addr,
+            },
+        );
+        Ok(content_id)
+    }
+
+    /// Adds chunks to what `peer_id` holds of `content_id`.
+    ///
+    /// # Errors
+    /// Unknown content, unregistered peer or out-of-range index.
+    pub fn chunk_register(
+        &mut self,
+        peer_id: PeerId,
+        content_id: ContentId,
+        indexes: &[u32],
+    ) -> Result<(), Refusal> {
+        if !self.peers.contains_key(&peer_id) {
+            return Err((
+                ErrorCode::NotRegistered,
+                "register before announcing chunks".into(),
+            ));
+        }
+        let Some(content) = self.contents.get_mut(&content_id) else {
+            return Err((
+                ErrorCode::NotFound,
+                format!("unknown content {}", content_id.short()),
+            ));
+        };
+        let n = content.manifest.chunk_count();
+        if let Some(bad) = indexes.iter().find(|&&i| i >= n) {
+            return Err((
+                ErrorCode::OutOfRange,
+                format!("chunk {bad} out of range (file has {n} chunks)"),
+            ));
+        }
+        let have = content
+            .holders
+            .entry(peer_id)
+            .or_insert_with(|| Bitfield::new(n));
+        for &i in indexes {
+            have.set(i);
+        }
+        Ok(())
+    }
+
+    fn holders_of(&self, content: &Content) -> Vec<Holder> {
+        let mut holders: Vec<Holder> = content
+            .holders
+            .iter()
+            .filter_map(|(id, have)| {
+                let peer = self.peers.get(id)?;
+                Some(Holder {
+                    peer_id: *id,
+                    addr: peer.addr,
+                    have: have.clone(),
+                })
+            })
+            .collect();
+        holders.sort_by_key(|h| h.addr);
+        holders
+    }
+
+    /// The manifest and holders of a published name.
+    ///
+    /// # Errors
+    /// Unknown name, or several publishers when `publisher` is `None`.
+    pub fn locate(&self, name: &str, publisher: Option<SocketAddr>) -> Result<Message, Refusal> {
+        let matches: Vec<(&PeerId, &Publication)> = self
+            .publications
+            .range((name.to_string(), PeerId([0; 16]))..=(name.to_string(), PeerId([0xff; 16])))
+            .map(|((_, p), publ)| (p, publ))
+            .filter(|(_, publ)| publisher.is_none_or(|a| a == publ.publisher_addr))
+            .collect();
+        let (_, publ) = match matches.as_slice() {
+            [] => {
+                let why = match publisher {
+                    Some(a) => format!("no file named '{name}' published by {a}"),
+                    None => format!("no file named '{name}' in the network"),
+                };
+                return Err((ErrorCode::NotFound, why));
+            }
+            [one] => *one,
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|(_, p)| p.publisher_addr.to_string())
+                    .collect();
+                return Err((
+                    ErrorCode::Ambiguous,
+                    format!(
+                        "'{name}' is published by several peers: {}; name one as 'peerIP peerPort'",
+                        list.join(", ")
+                    ),
+                ));
+            }
+        };
+        let content = self.contents.get(&publ.content_id).ok_or_else(|| {
+            (
+                ErrorCode::Internal,
+                "publication without content".to_string(),
+            )
+        })?;
+        Ok(Message::ReplyFileLocation {
+            name: name.to_string(),
+            publisher: publ.publisher_addr,
+            content_id: publ.content_id,
+            manifest: (*content.manifest).clone(),
+            holders: self.holders_of(content),
+        })
+    }
+
+    /// Online holders of a content (empty when unknown).
+    pub fn holders(&self, content_id: &ContentId) -> Vec<Holder> {
+        self.contents
+            .get(content_id)
+            .map(|c| self.holders_of(c))
+            .unwrap_or_default()
+    }
+
+    /// Every publication, sorted by name then publisher address.
+    pub fn files(&self) -> Vec<FileInfo> {
+        let mut files: Vec<FileInfo> = self
+            .publications
+            .iter()
+            .filter_map(|((name, publisher_id), p)| {
+                let c = self.contents.get(&p.content_id)?;
+                let holders = c
+                    .holders
+                    .iter()
+                    .filter(|(id, _)| self.peers.contains_key(id));
+                let (sources, seeders) = holders.fold((0, 0), |(s, f), (_, b)| {
+                    (
+                        s + u32::from(b.count_ones() > 0 || b.is_empty()),
+                        f + u32::from(b.is_full()),
+                    )
+                });
+                Some(FileInfo {
+                    name: name.clone(),
+                    publisher: p.publisher_addr,
+                    publisher_id: *publisher_id,
+                    publisher_online: self.peers.contains_key(publisher_id),
+                    content_id: p.content_id,
+                    size: c.manifest.size,
+                    chunk_size: c.manifest.chunk_size,
+                    chunks: c.manifest.chunk_count(),
+                    sources,
+                    seeders,
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| (&a.name, a.publisher).cmp(&(&b.name, b.publisher)));
+        files
+    }
+
+    /// The publications of the peer online at `addr`.
+    ///
+    /// # Errors
+    /// No peer online there.
+    pub fn discover(&self, addr: SocketAddr) -> Result<Message, Refusal> {
+        let Some(peer_id) = self.by_addr.get(&addr).copied() else {
+            return Err((ErrorCode::NotFound, format!("no peer is online at {addr}")));
+        };
+        let files = self
+            .publications
+            .iter()
+            .filter(|((_, p), _)| *p == peer_id)
+            .filter_map(|((name, _), p)| {
+                let c = self.contents.get(&p.content_id)?;
+                Some(PublishedInfo {
+                    name: name.clone(),
+                    size: c.manifest.size,
+                    chunks: c.manifest.chunk_count(),
+                    local_path: p.local_path.clone(),
+                    content_id: p.content_id,
+                })
+            })
+            .collect();
+        Ok(Message::ReplyDiscover {
+            addr,
+            peer_id,
+            files,
+        })
+    }
+
+    /// Online peers, sorted by address.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerInfo {
+                peer_id: *id,
+                addr: p.addr,
+                connected_since: p.since,
+                published: self
+                    .publications
+                    .keys()
+                    .filter(|(_, pid)| pid == id)
+                    .count() as u32,
+                holding: self
+                    .contents
+                    .values()
+                    .filter(|c| c.holders.contains_key(id))
+                    .count() as u32,
+            })
+            .collect();
+        peers.sort_by_key(|p| p.addr);
+        peers
+    }
+
+    /// Per content: names, chunk count and online holders.
+    pub fn chunk_info(&self) -> Vec<ChunkInfo> {
+        let mut out: Vec<ChunkInfo> = self
+            .contents
+            .iter()
+            .map(|(cid, c)| ChunkInfo {
+                names: self
+                    .publications
+                    .iter()
+                    .filter(|(_, p)| p.content_id == *cid)
+                    .map(|((n, _), p)| (n.clone(), p.publisher_addr))
+                    .collect(),
+                content_id: *cid,
+                chunks: c.manifest.chunk_count(),
+                holders: self.holders_of(c),
+            })
+            .collect();
+        out.sort_by(|a, b| a.names.first().cmp(&b.names.first()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pfs_proto::limits::MIN_CHUNK_SIZE;
+
+    fn manifest(seed: u8, chunks: usize) -> Manifest {
+        Manifest {
+            size: chunks as u64 * u64::from(MIN_CHUNK_SIZE),
+            chunk_size: MIN_CHUNK_SIZE,
+            hashes: vec![[seed; 32]; chunks],
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn publish_locate_and_leave() {
+        let mut s = State::default();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        s.register(a, addr(1), 1);
+        s.register(b, addr(2), 2);
+        let cid = s
+            .publish(a, "f".into(), "/x/f".into(), manifest(1, 4))
+            .unwrap();
+        assert!(
+            s.publish(a, "f".into(), "/x/g".into(), manifest(2, 4))
+                .is_err(),
+            "name taken"
+        );
+        assert!(
+            s.publish(a, "g".into(), "/x/f".into(), manifest(1, 4))
+                .is_err(),
+            "path taken"
+        );
+        assert!(
+            s.publish(a, "f".into(), "/x/f".into(), manifest(1, 4))
+                .is_ok(),
+            "idempotent"
+        );
+        s.publish(b, "f".into(), "/y/f".into(), manifest(1, 4))
+            .unwrap();
+        assert_eq!(s.locate("f", None).unwrap_err().0, ErrorCode::Ambiguous);
+        let Message::ReplyFileLocation { holders, .. } = s.locate("f", Some(addr(1))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(holders.len(), 2, "same content, one swarm");
+        assert_eq!(s.locate("nope", None).unwrap_err().0, ErrorCode::NotFound);
+        s.chunk_register(b, cid, &[0]).unwrap();
+        assert_eq!(
+            s.chunk_register(b, cid, &[4]).unwrap_err().0,
+            ErrorCode::OutOfRange
+        );
+        assert!(s.remove_peer(a, Some(1)));
+        assert_eq!(s.files().len(), 2, "content still held by b");
+        assert!(!s.files()[0].publisher_online || !s.files()[1].publisher_online);
+        assert!(s.remove_peer(b, None));
+        assert!(s.files().is_empty(), "no holder left");
+        assert!(s.chunk_info().is_empty());
+    }
+
+    #[test]
+    fn stale_connection_does_not_remove_a_reconnected_peer() {
+        let mut s = State::default();
+        let a = PeerId([1; 16]);
+        s.register(a, addr(1), 1);
+        s.register(a, addr(5), 2);
+        assert!(!s.remove_peer(a, Some(1)));
+        assert_eq!(s.peers().len(), 1);
+        assert!(s.discover(addr(5)).is_ok());
+        assert!(s.discover(addr(1)).is_err());
+    }
+
+    #[test]
+    fn downloader_becomes_a_source() {
+        let mut s = State::default();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        s.register(a, addr(1), 1);
+        s.register(b, addr(2), 2);
+        let cid = s
+            .publish(a, "f".into(), "/f".into(), manifest(3, 10))
+            .unwrap();
+        assert_eq!(s.files()[0].sources, 1);
+        s.chunk_register(b, cid, &[1, 2, 3]).unwrap();
+        assert_eq!(s.files()[0].sources, 2);
+        assert_eq!(s.files()[0].seeders, 1);
+        assert_eq!(s.holders(&cid).len(), 2);
+    }
+}
