@@ -1,1 +1,20 @@
-//! peer
+//! The p2pfs peer: publishes local files, serves their chunks to any number
+//! of downloaders, and fetches files from the swarm.
+//!
+//! - [`handle`]: [`PeerHandle`], the core API every front end calls.
+//! - [`download`]: the download manager (scheduler, sources, progress).
+//! - [`server`]: the listener that serves chunks and pings.
+//! - [`store`]: what this peer holds and may serve.
+//! - [`hashing`]: chunking and hashing a file into a manifest.
+//! - [`error`]: [`PeerError`], with stable codes.
+
+pub mod download;
+pub mod error;
+pub mod handle;
+pub mod hashing;
+pub mod server;
+pub mod store;
+
+pub use download::{DownloadHandle, DownloadState, Progress};
+pub use error::PeerError;
+pub use handle::{PeerConfig, PeerEvent, PeerHandle, Publication};

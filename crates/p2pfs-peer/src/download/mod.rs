@@ -1,0 +1,497 @@
+//! The download manager: one task per fetch, one [`source`] task per peer
+//! holding chunks, and a shared [`scheduler::Scheduler`].
+//!
+//! Life of a download: `Running` → `Done` | `Failed` | `Cancelled`.
+//! The main task refreshes holders from the tracker every second, starts a
+//! source task for each new holder, sends verified chunk indexes to the
+//! tracker in batches, publishes progress on a `watch` channel, and on
+//! completion checks the `.part` file and renames it into place.
+//!
+//! Lock order: `DownloadShared::sched` before `Holding::have`; both are
+//! std mutexes held only for short, await-free sections.
+
+pub mod scheduler;
+pub(crate) mod source;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use p2pfs_proto::message::Holder;
+use p2pfs_proto::{ContentId, Manifest, Message, PeerId};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::handle::PeerInner;
+use crate::store::Holding;
+use scheduler::{Scheduler, SourceId};
+use source::SourceEnd;
+
+/// Most chunk indexes per tracker announcement.
+pub const REGISTER_BATCH: usize = 1024;
+/// How often holders are refreshed from the tracker.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a download is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownloadState {
+    /// Fetching chunks.
+    Running,
+    /// Complete and renamed into place.
+    Done,
+    /// Stopped by an error (the message says why); verified chunks are kept.
+    Failed(String),
+    /// Cancelled by the user; verified chunks are kept.
+    Cancelled,
+}
+
+impl DownloadState {
+    /// True once the download will not change any more.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self, DownloadState::Running)
+    }
+}
+
+/// A snapshot of a download's progress.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Life-cycle state.
+    pub state: DownloadState,
+    /// Verified bytes.
+    pub bytes_done: u64,
+    /// File size.
+    pub bytes_total: u64,
+    /// Verified chunks.
+    pub chunks_done: u32,
+    /// Chunk count.
+    pub chunks_total: u32,
+    /// Smoothed rate in bytes per second.
+    pub rate: f64,
+    /// Sources connected now.
+    pub sources: usize,
+    /// Time since the start.
+    pub elapsed: Duration,
+    /// Verified chunks as a bitfield (for chunk maps).
+    pub have: p2pfs_proto::Bitfield,
+}
+
+/// A running or finished download, as the front ends see it.
+#[derive(Debug)]
+pub struct DownloadHandle {
+    /// Id, unique within this peer.
+    pub id: u64,
+    /// Published name.
+    pub name: String,
+    /// Publisher address.
+    pub publisher: SocketAddr,
+    /// Content id.
+    pub content_id: ContentId,
+    /// Final path.
+    pub dest: PathBuf,
+    /// Progress updates.
+    pub progress: watch::Receiver<Progress>,
+    cancel: CancellationToken,
+}
+
+impl DownloadHandle {
+    /// Stops the download; verified chunks stay on disk.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The latest progress.
+    pub fn snapshot(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// Waits until the download is finished and returns its final state.
+    pub async fn wait(&self) -> DownloadState {
+        let mut rx = self.progress.clone();
+        loop {
+            let state = rx.borrow_and_update().state.clone();
+            if state.is_finished() {
+                return state;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().state.clone();
+            }
+        }
+    }
+}
+
+/// State shared by a download's main task and its sources.
+pub(crate) struct DownloadShared {
+    pub(crate) content_id: ContentId,
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) holding: Arc<Holding>,
+    sched: Mutex<Scheduler>,
+    /// Wakes sources when chunks go back to the pool.
+    pub(crate) wake: Notify,
+    /// Wakes the main task when the last chunk is verified.
+    done: Notify,
+    pub(crate) cancel: CancellationToken,
+    to_register: Mutex<Vec<u32>>,
+    bytes_done: AtomicU64,
+    local_error: Mutex<Option<String>>,
+}
+
+impl DownloadShared {
+    pub(crate) fn sched(&self) -> MutexGuard<'_, Scheduler> {
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called once per newly verified and written chunk.
+    pub(crate) fn chunk_verified(&self, index: u32, len: u32) {
+        if let Ok(mut have) = self.holding.have.lock() {
+            have.set(index);
+        }
+        self.bytes_done.fetch_add(u64::from(len), Ordering::Relaxed);
+        if let Ok(mut q) = self.to_register.lock() {
+            q.push(index);
+        }
+        if self.sched().is_complete() {
+            self.done.notify_one();
+        }
+    }
+
+    /// A local failure (disk) stops the whole download.
+    pub(crate) fn fail_local(&self, why: String) {
+        if let Ok(mut e) = self.local_error.lock() {
+            e.get_or_insert(why);
+        }
+        self.done.notify_one();
+    }
+}
+
+/// What the download task needs to start.
+pub(crate) struct DownloadSpec {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) publisher: SocketAddr,
+    pub(crate) content_id: ContentId,
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) dest: PathBuf,
+    pub(crate) part: PathBuf,
+    pub(crate) holding: Arc<Holding>,
+    pub(crate) holders: Vec<Holder>,
+    /// Only this source (`fetch name dest peerIP peerPort`).
+    pub(crate) only: Option<SocketAddr>,
+}
+
+/// Starts the download task; returns its handle at once.
+pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHandle> {
+    let have = spec
+        .holding
+        .have
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
+    let initial = Progress {
+        state: DownloadState::Running,
+        bytes_done: 0,
+        bytes_total: spec.manifest.size,
+        chunks_done: have.count_ones(),
+        chunks_total: spec.manifest.chunk_count(),
+        rate: 0.0,
+        sources: 0,
+        elapsed: Duration::ZERO,
+        have: have.clone(),
+    };
+    let (tx, rx) = watch::channel(initial);
+    let cancel = peer.shutdown.child_token();
+    let handle = Arc::new(DownloadHandle {
+        id: spec.id,
+        name: spec.name.clone(),
+        publisher: spec.publisher,
+        content_id: spec.content_id,
+        dest: spec.dest.clone(),
+        progress: rx,
+        cancel: cancel.clone(),
+    });
+    let shared = Arc::new(DownloadShared {
+        content_id: spec.content_id,
+        manifest: spec.manifest.clone(),
+        holding: spec.holding.clone(),
+        sched: Mutex::new(Scheduler::new(have)),
+        wake: Notify::new(),
+        done: Notify::new(),
+        cancel,
+        to_register: Mutex::new(Vec::new()),
+        bytes_done: AtomicU64::new(0),
+        local_error: Mutex::new(None),
+    });
+    tokio::spawn(async move {
+        let (id, name) = (spec.id, spec.name.clone());
+        let state = run(peer.clone(), shared.clone(), spec, &tx).await;
+        match &state {
+            DownloadState::Done => info!(%name, "download complete"),
+            DownloadState::Failed(why) => warn!(%name, reason = %why, "download failed"),
+            _ => info!(%name, "download cancelled"),
+        }
+        shared.cancel.cancel();
+        tx.send_modify(|p| p.state = state.clone());
+        peer.emit(crate::handle::PeerEvent::DownloadEnded { id, name, state });
+    });
+    handle
+}
+
+struct Sources {
+    set: JoinSet<(SourceId, PeerId, SourceEnd)>,
+    active: HashMap<PeerId, SourceId>,
+    banned: HashSet<PeerId>,
+    failures: HashMap<PeerId, (u32, Instant)>,
+    next_sid: SourceId,
+}
+
+async fn run(
+    peer: Arc<PeerInner>,
+    dl: Arc<DownloadShared>,
+    spec: DownloadSpec,
+    tx: &watch::Sender<Progress>,
+) -> DownloadState {
+    let started = Instant::now();
+    let mut sources = Sources {
+        set: JoinSet::new(),
+        active: HashMap::new(),
+        banned: HashSet::new(),
+        failures: HashMap::new(),
+        next_sid: 1,
+    };
+    update_sources(&peer, &dl, &mut sources, &spec.holders, spec.only);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_refresh = Instant::now();
+    let mut rate = RateMeter::default();
+    let mut unsourced_since: Option<Instant> = None;
+    let result = loop {
+        if dl.sched().is_complete() {
+            break Ok(());
+        }
+        if let Some(e) = dl.local_error.lock().ok().and_then(|e| e.clone()) {
+            break Err(e);
+        }
+        tokio::select! {
+            () = dl.cancel.cancelled() => break Err(String::new()),
+            () = dl.done.notified() => {}
+            Some(joined) = sources.set.join_next() => {
+                if let Ok((sid, pid, end)) = joined {
+                    source_ended(&dl, &mut sources, sid, pid, end);
+                }
+            }
+            _ = tick.tick() => {
+                flush_register(&peer, &dl).await;
+                if last_refresh.elapsed() >= REFRESH_INTERVAL {
+                    last_refresh = Instant::now();
+                    if let Some(holders) = peer.refresh_holders(dl.content_id).await {
+                        update_sources(&peer, &dl, &mut sources, &holders, spec.only);
+                    }
+                    let missing = dl.sched().missing_without_source();
+                    if missing > 0 && sources.active.is_empty() {
+                        let since = *unsourced_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(3) {
+                            break Err(format!("{missing} of {} chunks have no source left; the verified chunks are kept in {}", dl.manifest.chunk_count(), spec.part.display()));
+                        }
+                    } else {
+                        unsourced_since = None;
+                    }
+                }
+                let done = dl.bytes_done.load(Ordering::Relaxed);
+                let r = rate.update(done);
+                let (chunks_done, have) = {
+                    let s = dl.sched();
+                    (s.done().count_ones(), s.done().clone())
+                };
+                tx.send_modify(|p| {
+                    p.bytes_done = done.min(p.bytes_total).max(p.bytes_done);
+                    p.chunks_done = chunks_done;
+                    p.rate = r;
+                    p.sources = sources.active.len();
+                    p.elapsed = started.elapsed();
+                    p.have = have;
+                });
+            }
+        }
+    };
+    dl.cancel.cancel();
+    while sources.set.join_next().await.is_some() {}
+    flush_register(&peer, &dl).await;
+    let state = match result {
+        Ok(()) => match finish_file(&dl, &spec).await {
+            Ok(()) => DownloadState::Done,
+            Err(e) => DownloadState::Failed(e),
+        },
+        Err(e) if e.is_empty() => DownloadState::Cancelled,
+        Err(e) => DownloadState::Failed(e),
+    };
+    let bytes = dl.bytes_done.load(Ordering::Relaxed);
+    tx.send_modify(|p| {
+        p.bytes_done = if state == DownloadState::Done {
+            p.bytes_total
+        } else {
+            bytes
+        };
+        p.chunks_done = dl.sched().done().count_ones();
+        p.have = dl.sched().done().clone();
+        p.elapsed = started.elapsed();
+        p.sources = 0;
+        if p.elapsed.as_secs_f64() > 0.0 && state == DownloadState::Done {
+            p.rate = p.bytes_total as f64 / p.elapsed.as_secs_f64();
+        }
+    });
+    state
+}
+
+fn source_ended(
+    dl: &DownloadShared,
+    sources: &mut Sources,
+    sid: SourceId,
+    pid: PeerId,
+    end: SourceEnd,
+) {
+    dl.sched().remove_source(sid);
+    sources.active.remove(&pid);
+    match end {
+        SourceEnd::Finished => {}
+        SourceEnd::BadData => {
+            warn!(peer = %pid.short(), "dropping a source that sent bad data twice");
+            sources.banned.insert(pid);
+        }
+        SourceEnd::Gone => {
+            sources.failures.insert(pid, (1, Instant::now()));
+        }
+        SourceEnd::Failed(e) => {
+            let entry = sources.failures.entry(pid).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
+            tracing::debug!(peer = %pid.short(), error = %e, failures = entry.0, "source failed");
+        }
+    }
+    dl.wake.notify_waiters();
+}
+
+fn update_sources(
+    peer: &PeerInner,
+    dl: &Arc<DownloadShared>,
+    sources: &mut Sources,
+    holders: &[Holder],
+    only: Option<SocketAddr>,
+) {
+    for h in holders {
+        if h.peer_id == peer.peer_id
+            || sources.banned.contains(&h.peer_id)
+            || only.is_some_and(|a| a != h.addr)
+        {
+            continue;
+        }
+        if h.have.len() != dl.manifest.chunk_count() || h.have.count_ones() == 0 {
+            continue;
+        }
+        if let Some(&sid) = sources.active.get(&h.peer_id) {
+            dl.sched().set_source(sid, h.have.clone());
+            continue;
+        }
+        if let Some((n, at)) = sources.failures.get(&h.peer_id) {
+            // Back off: 1 s, 2 s, 4 s ... between reconnects to a failing source.
+            if at.elapsed() < Duration::from_secs(1 << (*n).min(5)) {
+                continue;
+            }
+        }
+        let sid = sources.next_sid;
+        sources.next_sid += 1;
+        dl.sched().set_source(sid, h.have.clone());
+        sources.active.insert(h.peer_id, sid);
+        let (dl2, addr, pid) = (dl.clone(), h.addr, h.peer_id);
+        sources
+            .set
+            .spawn(async move { (sid, pid, source::run_source(dl2, sid, addr).await) });
+    }
+    dl.wake.notify_waiters();
+}
+
+async fn flush_register(peer: &PeerInner, dl: &DownloadShared) {
+    let batch: Vec<u32> = match dl.to_register.lock() {
+        Ok(mut q) if !q.is_empty() => {
+            let n = q.len().min(REGISTER_BATCH);
+            q.drain(..n).collect()
+        }
+        _ => return,
+    };
+    peer.tracker_send(Message::RequestChunkRegister {
+        content_id: dl.content_id,
+        indexes: batch,
+    })
+    .await;
+}
+
+async fn finish_file(dl: &DownloadShared, spec: &DownloadSpec) -> Result<(), String> {
+    let file = dl.holding.file.clone();
+    let size = dl.manifest.size;
+    let part = spec.part.clone();
+    let dest = spec.dest.clone();
+    let complete = dl.holding.have.lock().map(|h| h.is_full()).unwrap_or(false);
+    if !complete {
+        return Err("internal error: finished without every chunk".into());
+    }
+    tokio::task::spawn_blocking(move || {
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot check {}: {e}", part.display()))?
+            .len();
+        if len != size {
+            return Err(format!(
+                "{} has {len} bytes, expected {size}",
+                part.display()
+            ));
+        }
+        if dest.exists() {
+            return Err(format!(
+                "{} appeared during the download; the data stays in {}",
+                dest.display(),
+                part.display()
+            ));
+        }
+        std::fs::rename(&part, &dest).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                part.display(),
+                dest.display()
+            )
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if let Ok(mut p) = dl.holding.path.lock() {
+        p.clone_from(&spec.dest);
+    }
+    Ok(())
+}
+
+/// Exponentially smoothed rate over the progress ticks.
+#[derive(Default)]
+struct RateMeter {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn update(&mut self, bytes: u64) -> f64 {
+        let now = Instant::now();
+        if let Some((t, b)) = self.last {
+            let dt = now.duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                let inst = bytes.saturating_sub(b) as f64 / dt;
+                self.rate = if self.rate == 0.0 {
+                    inst
+                } else {
+                    0.7 * self.rate + 0.3 * inst
+                };
+            }
+        }
+        self.last = Some((now, bytes));
+        self.rate
+    }
+}

@@ -1,0 +1,329 @@
+//! The chunk picker: which chunk to ask which source for next.
+//!
+//! Rules, as the best swarm clients do it:
+//! - **Rarest first**: chunks held by the fewest known sources go first;
+//!   ties are broken at random so downloaders spread over different chunks.
+//! - **One request per chunk** in the normal phase.
+//! - **Endgame**: once every missing chunk has a request out, a source with
+//!   spare window may ask for a chunk another source is already fetching
+//!   (at most [`ENDGAME_DUPLICATES`] requests per chunk); the first verified
+//!   copy wins.
+//! - A source that fails, stalls or leaves gives its requests back.
+//!
+//! This module is pure state: no IO, no clocks, unit-tested below.
+
+use std::collections::{HashMap, HashSet};
+
+use p2pfs_proto::Bitfield;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// Identifies a source within one download.
+pub type SourceId = u32;
+
+/// Most requests for one chunk at once during the endgame.
+pub const ENDGAME_DUPLICATES: u8 = 2;
+
+#[derive(Debug)]
+struct SourceView {
+    have: Bitfield,
+    inflight: HashSet<u32>,
+}
+
+/// Picker state of one download.
+#[derive(Debug)]
+pub struct Scheduler {
+    n: u32,
+    done: Bitfield,
+    outstanding: Vec<u8>,
+    avail: Vec<u32>,
+    order: Vec<u32>,
+    order_dirty: bool,
+    /// Every chunk before this position in `order` is done.
+    scan_start: usize,
+    sources: HashMap<SourceId, SourceView>,
+    rng: StdRng,
+}
+
+impl Scheduler {
+    /// A scheduler for `n` chunks of which `done` are already verified.
+    pub fn new(done: Bitfield) -> Self {
+        let n = done.len();
+        Self {
+            n,
+            done,
+            outstanding: vec![0; n as usize],
+            avail: vec![0; n as usize],
+            order: (0..n).collect(),
+            order_dirty: true,
+            scan_start: 0,
+            sources: HashMap::new(),
+            rng: StdRng::from_os_rng(),
+        }
+    }
+
+    /// Number of chunks.
+    pub fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// True for a file without chunks.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Verified chunks.
+    pub fn done(&self) -> &Bitfield {
+        &self.done
+    }
+
+    /// True when every chunk is verified.
+    pub fn is_complete(&self) -> bool {
+        self.done.is_full()
+    }
+
+    /// Adds a source or replaces what it is known to hold.
+    pub fn set_source(&mut self, id: SourceId, have: Bitfield) {
+        if have.len() != self.n {
+            return;
+        }
+        let view = self.sources.entry(id).or_insert_with(|| SourceView {
+            have: Bitfield::new(have.len()),
+            inflight: HashSet::new(),
+        });
+        for i in 0..self.n {
+            match (view.have.get(i), have.get(i)) {
+                (false, true) => self.avail[i as usize] += 1,
+                (true, false) => self.avail[i as usize] -= 1,
+                _ => {}
+            }
+        }
+        view.have = have;
+        self.order_dirty = true;
+    }
+
+    /// Removes a source; its requests go back to the pool.
+    pub fn remove_source(&mut self, id: SourceId) {
+        self.release_all(id);
+        if let Some(view) = self.sources.remove(&id) {
+            for i in view.have.ones() {
+                self.avail[i as usize] -= 1;
+            }
+            self.order_dirty = true;
+        }
+    }
+
+    /// Gives back every request of a source (it stalled or left) and
+    /// returns how many there were.
+    pub fn release_all(&mut self, id: SourceId) -> usize {
+        let Some(view) = self.sources.get_mut(&id) else {
+            return 0;
+        };
+        let released: Vec<u32> = view.inflight.drain().collect();
+        for &i in &released {
+            self.outstanding[i as usize] = self.outstanding[i as usize].saturating_sub(1);
+        }
+        released.len()
+    }
+
+    /// Requests of `id` in flight.
+    pub fn inflight(&self, id: SourceId) -> usize {
+        self.sources.get(&id).map_or(0, |v| v.inflight.len())
+    }
+
+    /// Marks that a source does not hold a chunk after all (it said so).
+    pub fn source_lacks(&mut self, id: SourceId, index: u32) {
+        self.release(id, index);
+        if let Some(view) = self.sources.get_mut(&id) {
+            if view.have.get(index) {
+                let mut have = view.have.clone();
+                have = {
+                    let mut b = Bitfield::new(have.len());
+                    for i in have.ones().filter(|&i| i != index) {
+                        b.set(i);
+                    }
+                    b
+                };
+                self.set_source(id, have);
+            }
+        }
+    }
+
+    /// Gives one request back (bad data, error reply).
+    pub fn release(&mut self, id: SourceId, index: u32) {
+        if let Some(view) = self.sources.get_mut(&id) {
+            if view.inflight.remove(&index) {
+                self.outstanding[index as usize] =
+                    self.outstanding[index as usize].saturating_sub(1);
+            }
+        }
+    }
+
+    /// Records a verified chunk from `id`. Returns false when it was
+    /// already done (a duplicate from the endgame or a late stalled reply).
+    pub fn complete(&mut self, id: SourceId, index: u32) -> bool {
+        self.release(id, index);
+        if index >= self.n || self.done.get(index) {
+            return false;
+        }
+        self.done.set(index);
+        true
+    }
+
+    fn rebuild_order(&mut self) {
+        self.order.shuffle(&mut self.rng);
+        let avail = &self.avail;
+        self.order.sort_by_key(|&i| avail[i as usize]);
+        self.order_dirty = false;
+        self.scan_start = 0;
+    }
+
+    /// Picks up to `max` chunks for source `id` to request, marks them in
+    /// flight and returns them.
+    pub fn pick(&mut self, id: SourceId, max: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        if max == 0 || !self.sources.contains_key(&id) {
+            return out;
+        }
+        if self.order_dirty {
+            self.rebuild_order();
+        }
+        while self.scan_start < self.order.len() && self.done.get(self.order[self.scan_start]) {
+            self.scan_start += 1;
+        }
+        let Some(view) = self.sources.get(&id) else {
+            return out;
+        };
+        let mut all_requested = true;
+        for &i in &self.order[self.scan_start..] {
+            if self.done.get(i) {
+                continue;
+            }
+            if self.outstanding[i as usize] == 0 {
+                all_requested = false;
+                if view.have.get(i) {
+                    out.push(i);
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+        }
+        if out.is_empty() && all_requested {
+            // Endgame: duplicate requests for stragglers held elsewhere.
+            for &i in &self.order[self.scan_start..] {
+                if !self.done.get(i)
+                    && self.outstanding[i as usize] < ENDGAME_DUPLICATES
+                    && view.have.get(i)
+                    && !view.inflight.contains(&i)
+                {
+                    out.push(i);
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(view) = self.sources.get_mut(&id) {
+            for &i in &out {
+                view.inflight.insert(i);
+                self.outstanding[i as usize] += 1;
+            }
+        }
+        out
+    }
+
+    /// Missing chunks that no known source holds.
+    pub fn missing_without_source(&self) -> u32 {
+        (0..self.n)
+            .filter(|&i| !self.done.get(i) && self.avail[i as usize] == 0)
+            .count() as u32
+    }
+
+    /// Number of sources.
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have(n: u32, idx: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in idx {
+            b.set(i);
+        }
+        b
+    }
+
+    #[test]
+    fn rarest_first() {
+        let mut s = Scheduler::new(Bitfield::new(4));
+        s.set_source(1, Bitfield::full(4));
+        s.set_source(2, have(4, &[0, 1, 2]));
+        s.set_source(3, have(4, &[0, 1]));
+        // chunk 3 is held by one source, 2 by two, 0 and 1 by three.
+        assert_eq!(s.pick(1, 2), vec![3, 2]);
+        let next = s.pick(1, 2);
+        assert!(next.contains(&0) && next.contains(&1));
+    }
+
+    #[test]
+    fn one_request_per_chunk_then_endgame() {
+        let mut s = Scheduler::new(Bitfield::new(3));
+        s.set_source(1, Bitfield::full(3));
+        s.set_source(2, Bitfield::full(3));
+        let a = s.pick(1, 2);
+        let b = s.pick(2, 2);
+        assert_eq!(a.len(), 2);
+        assert_eq!(b.len(), 1);
+        assert!(!a.contains(&b[0]));
+        // Everything is requested: source 2 may duplicate source 1's chunks.
+        let dup = s.pick(2, 5);
+        assert_eq!(dup.len(), 2);
+        assert!(dup.iter().all(|i| a.contains(i)));
+        assert!(
+            s.pick(2, 5).is_empty(),
+            "at most one duplicate per chunk and source"
+        );
+        assert!(s.complete(1, a[0]));
+        assert!(!s.complete(2, a[0]), "second copy is a duplicate");
+    }
+
+    #[test]
+    fn released_requests_go_to_others() {
+        let mut s = Scheduler::new(Bitfield::new(2));
+        s.set_source(1, Bitfield::full(2));
+        s.set_source(2, Bitfield::full(2));
+        assert_eq!(s.pick(1, 2).len(), 2);
+        s.remove_source(1);
+        let mut got = s.pick(2, 2);
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn missing_chunks_without_source_are_counted() {
+        let mut s = Scheduler::new(have(5, &[0]));
+        s.set_source(1, have(5, &[1, 2]));
+        assert_eq!(s.missing_without_source(), 2);
+        s.remove_source(1);
+        assert_eq!(s.missing_without_source(), 4);
+        assert!(s.pick(1, 3).is_empty());
+    }
+
+    #[test]
+    fn lacking_source_is_not_asked_again() {
+        let mut s = Scheduler::new(Bitfield::new(2));
+        s.set_source(1, Bitfield::full(2));
+        let first = s.pick(1, 1);
+        s.source_lacks(1, first[0]);
+        let second = s.pick(1, 5);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0], first[0]);
+        assert_eq!(s.missing_without_source(), 1);
+    }
+}

@@ -1,0 +1,218 @@
+//! One source of one download: a connection to a peer that holds chunks,
+//! with a window of pipelined requests sized from the measured rate.
+//!
+//! The task asks the [`Scheduler`](super::scheduler::Scheduler) for chunks,
+//! keeps up to `window` requests in flight, verifies each reply against the
+//! manifest and writes it positionally, then marks it held (so it is served
+//! at once) and queues it for the tracker. It gives its requests back when
+//! it stalls, and ends on disconnect, cancellation, repeated bad data or
+//! completion of the download.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use p2pfs_proto::types::hash_chunk;
+use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
+use tracing::{debug, warn};
+
+use super::scheduler::SourceId;
+use super::DownloadShared;
+
+/// Requests in flight when a source starts.
+pub(crate) const INITIAL_WINDOW: usize = 16;
+/// Fewest requests in flight for a healthy source.
+pub(crate) const MIN_WINDOW: usize = 4;
+/// Most requests in flight per source.
+pub(crate) const MAX_WINDOW: usize = 64;
+/// Seconds of data to keep queued at a source (libtorrent keeps about 3).
+pub(crate) const QUEUE_SECONDS: f64 = 1.0;
+/// A source that sends nothing for this long while requests are out gives
+/// them back to the other sources.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Bad chunks after which a source is dropped.
+pub(crate) const MAX_STRIKES: u32 = 2;
+
+/// How a source task ended.
+#[derive(Debug)]
+pub(crate) enum SourceEnd {
+    /// The download finished or was cancelled.
+    Finished,
+    /// It sent bad data [`MAX_STRIKES`] times.
+    BadData,
+    /// It no longer holds the content.
+    Gone,
+    /// Connection failure.
+    Failed(ProtoError),
+}
+
+struct Pending {
+    index: u32,
+}
+
+/// Runs one source until it ends.
+pub(crate) async fn run_source(
+    dl: Arc<DownloadShared>,
+    sid: SourceId,
+    addr: SocketAddr,
+) -> SourceEnd {
+    let result = tokio::select! {
+        () = dl.cancel.cancelled() => Ok(SourceEnd::Finished),
+        r = source_impl(&dl, sid, addr) => r,
+    };
+    let end = result.unwrap_or_else(SourceEnd::Failed);
+    dl.sched().release_all(sid);
+    dl.wake.notify_waiters();
+    end
+}
+
+async fn source_impl(
+    dl: &DownloadShared,
+    sid: SourceId,
+    addr: SocketAddr,
+) -> Result<SourceEnd, ProtoError> {
+    let stream = p2pfs_proto::conn::connect(addr, Role::Peer, Role::Peer).await?;
+    let (mut reader, mut writer) = p2pfs_proto::conn::split(stream);
+    let mut pending: HashMap<u32, Pending> = HashMap::new();
+    let mut next_id: u32 = 1;
+    let mut window = INITIAL_WINDOW;
+    let mut strikes = 0;
+    let mut last_data = Instant::now();
+    let mut rate_start = Instant::now();
+    let mut rate_bytes: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if dl.sched().is_complete() {
+            return Ok(SourceEnd::Finished);
+        }
+        let want = window.saturating_sub(pending.len());
+        if want > 0 {
+            let picks = dl.sched().pick(sid, want);
+            for index in picks {
+                let id = next_id;
+                next_id = next_id.wrapping_add(1).max(1);
+                writer.queue_control(
+                    id,
+                    &Message::PeerRequestChunk {
+                        content_id: dl.content_id,
+                        index,
+                    },
+                )?;
+                pending.insert(id, Pending { index });
+            }
+            writer.flush().await?;
+        }
+        let wake = dl.wake.notified();
+        tokio::select! {
+            () = wake => {}
+            _ = tick.tick() => {
+                if !pending.is_empty() && last_data.elapsed() > STALL_TIMEOUT && dl.sched().inflight(sid) > 0 {
+                    let n = dl.sched().release_all(sid);
+                    warn!(%addr, requests = n, "source stalled; its requests go to others");
+                    window = 1;
+                    dl.wake.notify_waiters();
+                }
+                let elapsed = rate_start.elapsed();
+                if elapsed >= Duration::from_secs(1) {
+                    let rate = rate_bytes as f64 / elapsed.as_secs_f64();
+                    let chunk = f64::from(dl.manifest.chunk_size);
+                    if last_data.elapsed() < STALL_TIMEOUT {
+                        window = ((rate * QUEUE_SECONDS / chunk).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW);
+                    }
+                    rate_start = Instant::now();
+                    rate_bytes = 0;
+                }
+            }
+            frame = reader.next() => {
+                let frame = match frame {
+                    None => return Err(ProtoError::Closed),
+                    Some(f) => f?,
+                };
+                last_data = Instant::now();
+                match frame {
+                    Frame::Chunk { id, index, data, content_id } => {
+                        let Some(p) = pending.remove(&id) else { continue };
+                        if p.index != index || content_id != dl.content_id {
+                            return Err(ProtoError::Unexpected("chunk for another request"));
+                        }
+                        rate_bytes += data.len() as u64;
+                        if !accept_chunk(dl, sid, index, data).await? {
+                            strikes += 1;
+                            warn!(%addr, chunk = index, strikes, "source sent a chunk that does not match the manifest");
+                            if strikes >= MAX_STRIKES {
+                                return Ok(SourceEnd::BadData);
+                            }
+                        }
+                    }
+                    Frame::Control { id, msg } => {
+                        let Some(p) = pending.remove(&id) else { continue };
+                        match msg {
+                            Message::Error(e) if e.code == ErrorCode::NotFound => return Ok(SourceEnd::Gone),
+                            Message::Error(e) => {
+                                debug!(%addr, chunk = p.index, reason = %e.message, "source refused a chunk");
+                                dl.sched().source_lacks(sid, p.index);
+                            }
+                            _ => return Err(ProtoError::Unexpected("reply to a chunk request")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Verifies a chunk, writes it and records it. Returns false on a hash
+/// mismatch (the chunk goes back to the pool).
+async fn accept_chunk(
+    dl: &DownloadShared,
+    sid: SourceId,
+    index: u32,
+    data: Bytes,
+) -> Result<bool, ProtoError> {
+    let Some((offset, len)) = dl.manifest.chunk_range(index) else {
+        return Ok(false);
+    };
+    let expected = dl.manifest.chunk_hash(index).copied();
+    if data.len() != len as usize || dl.holding.has(index) {
+        if dl.holding.has(index) {
+            dl.sched().complete(sid, index);
+            return Ok(true);
+        }
+        dl.sched().release(sid, index);
+        return Ok(false);
+    }
+    let file = dl.holding.file.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        if Some(hash_chunk(&data)) != expected {
+            return Ok(false);
+        }
+        file.write_all_at(&data, offset).map(|()| true)
+    })
+    .await
+    .map_err(|e| ProtoError::Io(std::io::Error::other(e)))?;
+    match outcome {
+        Ok(true) => {
+            if dl.sched().complete(sid, index) {
+                dl.chunk_verified(index, len);
+            }
+            Ok(true)
+        }
+        Ok(false) => {
+            dl.sched().release(sid, index);
+            dl.wake.notify_waiters();
+            Ok(false)
+        }
+        Err(e) => {
+            dl.sched().release(sid, index);
+            dl.fail_local(format!(
+                "cannot write to {}: {e}",
+                dl.holding.path().display()
+            ));
+            Err(ProtoError::Io(e))
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! [`PeerHandle`]: the peer's core API. The shell, the HTTP API and the demo
+//! call only this; every rule about publishing and fetching lives here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2pfs_proto::message::{name_problem, FileInfo, Holder, PublishedInfo};
+use p2pfs_proto::{
+    Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId, ProtoError, Role, RpcClient,
+};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::download::{self, DownloadHandle, DownloadSpec, DownloadState};
+use crate::error::PeerError;
+use crate::store::{Holding, HoldingKind, Store};
+
+/// How a peer starts.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Repository folder: peer id and default download folder.
+    pub repo: PathBuf,
+    /// Where to listen for chunk requests (port 0 picks one).
+    pub listen: SocketAddr,
+}
+
+/// A file this peer published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    /// Published name.
+    pub name: String,
+    /// Absolute local path.
+    pub path: PathBuf,
+    /// Content id.
+    pub content_id: ContentId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk count.
+    pub chunks: u32,
+}
+
+/// Something the front ends may want to tell the user about.
+#[derive(Clone, Debug)]
+pub enum PeerEvent {
+    /// A download finished, failed or was cancelled.
+    DownloadEnded {
+        /// Download id.
+        id: u64,
+        /// Name.
+        name: String,
+        /// Final state.
+        state: DownloadState,
+    },
+    /// The tracker connection was lost.
+    TrackerLost(SocketAddr),
+    /// The tracker connection is back and everything was re-announced.
+    TrackerReconnected(SocketAddr),
+}
+
+/// Upload counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    uploaded: AtomicU64,
+    chunks_served: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn record_upload(&self, bytes: usize) {
+        self.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.chunks_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes uploaded and chunks served since start.
+    pub fn uploaded(&self) -> (u64, u64) {
+        (
+            self.uploaded.load(Ordering::Relaxed),
+            self.chunks_served.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct TrackerLink {
+    client: RpcClient,
+    advertised: SocketAddr,
+    token: CancellationToken,
+}
+
+/// Shared state behind every [`PeerHandle`] clone.
+pub(crate) struct PeerInner {
+    pub(crate) peer_id: PeerId,
+    pub(crate) repo: PathBuf,
+    pub(crate) listen: SocketAddr,
+    pub(crate) store: Store,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: Stats,
+    delay_ms: AtomicU64,
+    tracker: Mutex<Option<TrackerLink>>,
+    publications: Mutex<Vec<Publication>>,
+    publish_lock: tokio::sync::Mutex<()>,
+    downloads: Mutex<Vec<Arc<DownloadHandle>>>,
+    next_download: AtomicU64,
+    events: broadcast::Sender<PeerEvent>,
+}
+
+impl PeerInner {
+    pub(crate) fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn emit(&self, event: PeerEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn client(&self) -> Result<RpcClient, PeerError> {
+        let link = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*link {
+            Some(l) if !l.client.is_closed() => Ok(l.client.clone()),
+            _ => Err(PeerError::NotConnected),
+        }
+    }
+
+    async fn call(&self, msg: Message) -> Result<Message, PeerError> {
+        let client = self.client()?;
+        client.call(msg).await.map_err(|source| match source {
+            ProtoError::Remote(e) => match e.code {
+                ErrorCode::NotFound => PeerError::NotFound(e.message),
+                ErrorCode::Ambiguous => PeerError::Ambiguous(e.message),
+                _ => PeerError::TrackerRefused(e.message),
+            },
+            source => PeerError::Tracker {
+                addr: client.remote(),
+                source,
+            },
+        })
+    }
+
+    /// Sends a message to the tracker, logging (not returning) failures.
+    pub(crate) async fn tracker_send(&self, msg: Message) {
+        if let Err(e) = self.call(msg).await {
+            debug!(error = %e, "tracker update failed");
+        }
+    }
+
+    /// The current holders of a content, or `None` when the tracker cannot say.
+    pub(crate) async fn refresh_holders(&self, content_id: ContentId) -> Option<Vec<Holder>> {
+        match self.call(Message::RequestHolders { content_id }).await {
+            Ok(Message::ReplyHolders { holders }) => Some(holders),
+            _ => None,
+        }
+    }
+}
+
+/// The peer's core API; cheap to clone.
+#[derive(Clone)]
+pub struct PeerHandle {
+    inner: Arc<PeerInner>,
+}
+
+fn load_peer_id(repo: &Path) -> Result<PeerId, PeerError> {
+    let path = repo.join("peer_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(id) = PeerId::from_hex(text.trim()) {
+            return Ok(id);
+        }
+        warn!(path = %path.display(), "peer id file is unreadable; making a new one");
+    }
+    let id = PeerId::random();
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(PeerError::io(format!("cannot write {}", path.display())))?;
+    Ok(id)
+}
+
+impl PeerHandle {
+    /// Creates the repository if needed, loads the peer id and starts
+    /// listening for chunk requests.
+    ///
+    /// # Errors
+    /// The repository cannot be created or the address cannot be bound.
+    pub async fn start(config: PeerConfig) -> Result<Self, PeerError> {
+        let repo = config.repo.clone();
+        std::fs::create_dir_all(repo.join("downloads")).map_err(PeerError::io(format!(
+            "cannot create the repository {}",
+            repo.display()
+        )))?;
+        let repo = repo
+            .canonicalize()
+            .map_err(PeerError::io(format!("cannot open {}", repo.display())))?;
+        let peer_id = load_peer_id(&repo)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(PeerError::io(format!("cannot listen on {}", config.listen)))?;
+        let listen = listener
+            .local_addr()
+            .map_err(PeerError::io("cannot read the listen address"))?;
+        let inner = Arc::new(PeerInner {
+            peer_id,
+            repo,
+            listen,
+            store: Store::default(),
+            shutdown: CancellationToken::new(),
+            stats: Stats::default(),
+            delay_ms: AtomicU64::new(0),
+            tracker: Mutex::new(None),
+            publications: Mutex::new(Vec::new()),
+            publish_lock: tokio::sync::Mutex::new(()),
+            downloads: Mutex::new(Vec::new()),
+            next_download: AtomicU64::new(1),
+            events: broadcast::channel(256).0,
+        });
+        info!(addr = %listen, peer = %peer_id.short(), "peer listening");
+        tokio::spawn(crate::server::accept_loop(listener, inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// This peer's stable id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The bound listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    /// The repository folder.
+    pub fn repo(&self) -> &Path {
+        &self.inner.repo
+    }
+
+    /// The address the tracker advertises for this peer, when connected.
+    pub fn advertised_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .tracker
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|l| l.advertised)
+    }
+
+    /// The tracker this peer is connected to.
+    pub fn tracker_addr(&self) -> Option<SocketAddr> {
+        let link = self.inner.tracker.lock().ok()?;
+        link.as_ref()
+            .filter(|l| !l.client.is_closed())
+            .map(|l| l.client.remote())
+    }
+
+    /// Events for the front ends.
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Upload counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Connects to a tracker, registers and re-announces everything this
+    /// peer holds. Replaces an existing tracker connection.
+    ///
+    /// # Errors
+    /// The tracker cannot be reached or refuses.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<SocketAddr, PeerError> {
+        let advertised = connect_and_announce(&self.inner, addr).await?;
+        let token = self.inner.shutdown.child_token();
+        let client = self.inner.client()?;
+        let old = self
+            .inner
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(TrackerLink {
+                client: client.clone(),
+                advertised,
+                token: token.clone(),
+            });
+        if let Some(old) = old {
+            old.token.cancel();
+        }
+        tokio::spawn(keep_alive(self.inner.clone(), addr, token));
+        info!(tracker = %addr, %advertised, "connected to tracker");
+        Ok(advertised)
+    }
+
+    /// Chunks and hashes `path`, then announces it to the tracker as `name`.
+    ///
+    /// # Errors
+    /// Refused names and paths, unreadable files, no tracker connection.
+    pub async fn publish(&self, path: &Path, name: &str) -> Result<Publication, PeerError> {
+        if let Some(why) = name_problem(name) {
+            return Err(PeerError::InvalidName {
+                name: name.to_string(),
+                why,
+            });
+        }
+        let bad = |why: String| PeerError::BadLocalFile {
+            path: path.to_path_buf(),
+            why,
+        };
+        let abs = path.canonicalize().map_err(|e| bad(describe_io(&e)))?;
+        let meta = std::fs::metadata(&abs).map_err(|e| bad(describe_io(&e)))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        let _guard = self.inner.publish_lock.lock().await;
+        {
+            let pubs = self
+                .inner
+                .publications
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if pubs.iter().any(|p| p.name == name) {
+                return Err(PeerError::NameTaken(name.to_string()));
+            }
+            if let Some(p) = pubs.iter().find(|p| p.path == abs) {
+                return Err(PeerError::PathTaken {
+                    path: abs,
+                    name: p.name.clone(),
+                });
+            }
+        }
+        self.inner.client()?;
+        let file = std::fs::File::open(&abs).map_err(|e| bad(describe_io(&e)))?;
+        let hash_path = abs.clone();
+        let manifest =
+            tokio::task::spawn_blocking(move || crate::hashing::build_manifest(&hash_path))
+                .await
+                .map_err(|e| bad(e.to_string()))?
+                .map_err(|e| bad(describe_io(&e)))?;
+        let content_id = manifest.content_id();
+        let publication = Publication {
+            name: name.to_string(),
+            path: abs.clone(),
+            content_id,
+            size: manifest.size,
+            chunks: manifest.chunk_count(),
+        };
+        let manifest = Arc::new(manifest);
+        let holding = Holding {
+            manifest: manifest.clone(),
+            file: Arc::new(file),
+            path: Mutex::new(abs.clone()),
+            have: Mutex::new(Bitfield::full(manifest.chunk_count())),
+            kind: HoldingKind::Published {
+                name: name.to_string(),
+            },
+        };
+        let held = self.inner.store.insert(content_id, holding);
+        if !held.have.lock().map(|h| h.is_full()).unwrap_or(false) {
+            // Same content is being downloaded: the local file is complete, so serve it.
+            self.inner.store.remove(&content_id);
+            self.inner.store.insert(
+                content_id,
+                Holding {
+                    manifest: manifest.clone(),
+                    file: Arc::new(std::fs::File::open(&abs).map_err(|e| bad(describe_io(&e)))?),
+                    path: Mutex::new(abs.clone()),
+                    have: Mutex::new(Bitfield::full(manifest.chunk_count())),
+                    kind: HoldingKind::Published {
+                        name: name.to_string(),
+                    },
+                },
+            );
+        }
+        let reply = self
+            .inner
+            .call(Message::RequestPublish {
+                name: name.to_string(),
+                local_path: abs.display().to_string(),
+                manifest: (*manifest).clone(),
+            })
+            .await;
+        match reply {
+            Ok(_) => {
+                self.inner
+                    .publications
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(publication.clone());
+                info!(%name, path = %abs.display(), size = publication.size, "published");
+                Ok(publication)
+            }
+            Err(e) => {
+                if !self.is_held_elsewhere(&content_id, name) {
+                    self.inner.store.remove(&content_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn is_held_elsewhere(&self, content_id: &ContentId, name: &str) -> bool {
+        let pubs = self
+            .inner
+            .publications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pubs.iter()
+            .any(|p| p.content_id == *content_id && p.name != name)
+    }
+
+    /// This peer's publications.
+    pub fn publications(&self) -> Vec<Publication> {
+        self.inner
+            .publications
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every file in the network (through the tracker).
+    ///
+    /// # Errors
+    /// No tracker connection.
+    pub async fn files(&self) -> Result<Vec<FileInfo>, PeerError> {
+        match self.inner.call(Message::RequestFileList).await? {
+            Message::ReplyFileList { files } => Ok(files),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The files published by the peer at `addr` (through the tracker).
+    ///
+    /// # Errors
+    /// No tracker connection, unknown peer.
+    pub async fn discover(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(PeerId, Vec<PublishedInfo>), PeerError> {
+        match self.inner.call(Message::RequestDiscover { addr }).await? {
+            Message::ReplyDiscover { peer_id, files, .. } => Ok((peer_id, files)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets the artificial delay before answering each chunk request.
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The artificial delay.
+    pub fn delay(&self) -> Duration {
+        self.inner.delay()
+    }
+
+    /// Every download of this session, oldest first.
+    pub fn downloads(&self) -> Vec<Arc<DownloadHandle>> {
+        self.inner
+            .downloads
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// A download by id.
+    pub fn download(&self, id: u64) -> Option<Arc<DownloadHandle>> {
+        self.downloads().into_iter().find(|d| d.id == id)
+    }
+
+    /// Starts fetching `name` into `dest` (default: the repository's
+    /// download folder; an existing folder means "inside it") from every
+    /// holder, or only from `from`. Returns once the download runs.
+    ///
+    /// # Errors
+    /// Unknown or ambiguous names, own files, existing destinations, no
+    /// tracker connection.
+    pub async fn fetch(
+        &self,
+        name: &str,
+        dest: Option<&Path>,
+        from: Option<SocketAddr>,
+    ) -> Result<Arc<DownloadHandle>, PeerError> {
+        if let Some(p) = self.publications().into_iter().find(|p| p.name == name) {
+            if from.is_none() || from == self.advertised_addr() || from == Some(self.listen_addr())
+            {
+                return Err(PeerError::OwnFile(p.name));
+            }
+        }
+        if from.is_some() && (from == self.advertised_addr() || from == Some(self.listen_addr())) {
+            return Err(PeerError::Refused(
+                "that address is this peer; name another peer".into(),
+            ));
+        }
+        let dest = self.resolve_dest(name, dest)?;
+        let (publisher, content_id, manifest, holders) = match self
+            .inner
+            .call(Message::RequestFileLocation {
+                name: name.to_string(),
+                publisher: from,
+            })
+            .await?
+        {
+            Message::ReplyFileLocation {
+                publisher,
+                content_id,
+                manifest,
+                holders,
+                ..
+            } => (publisher, content_id, manifest, holders),
+            other => return Err(unexpected(&other)),
+        };
+        if manifest.content_id() != content_id {
+            return Err(PeerError::TrackerRefused(
+                "the tracker sent a manifest that does not match its content id".into(),
+            ));
+        }
+        if let Some(p) = self
+            .publications()
+            .into_iter()
+            .find(|p| p.content_id == content_id)
+        {
+            return Err(PeerError::AlreadyHeld(format!(
+                "you published the same content as '{}' ({}); nothing to fetch",
+                p.name,
+                p.path.display()
+            )));
+        }
+        self.check_not_held(&content_id)?;
+        let part = part_path(&dest);
+        let manifest = Arc::new(manifest);
+        let holding = create_part(&part, manifest.clone(), name)?;
+        let holding = self.inner.store.insert(content_id, holding);
+        let id = self.inner.next_download.fetch_add(1, Ordering::Relaxed);
+        let spec = DownloadSpec {
+            id,
+            name: name.to_string(),
+            publisher,
+            content_id,
+            manifest,
+            dest: dest.clone(),
+            part,
+            holding,
+            holders,
+            only: from,
+        };
+        let handle = download::spawn(self.inner.clone(), spec);
+        self.inner
+            .downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle.clone());
+        info!(%name, dest = %dest.display(), "fetch started");
+        Ok(handle)
+    }
+
+    fn check_not_held(&self, content_id: &ContentId) -> Result<(), PeerError> {
+        let running = self
+            .downloads()
+            .into_iter()
+            .find(|d| d.content_id == *content_id && !d.snapshot().state.is_finished());
+        if let Some(d) = running {
+            return Err(PeerError::AlreadyHeld(format!(
+                "this file is already being fetched (download #{})",
+                d.id
+            )));
+        }
+        if let Some(h) = self.inner.store.get(content_id) {
+            let full = h.have.lock().map(|b| b.is_full()).unwrap_or(false);
+            if full && h.path().exists() {
+                return Err(PeerError::AlreadyHeld(format!(
+                    "you already hold this file at {}",
+                    h.path().display()
+                )));
+            }
+            // An unfinished earlier attempt: start over.
+            self.inner.store.remove(content_id);
+        }
+        Ok(())
+    }
+
+    fn resolve_dest(&self, name: &str, dest: Option<&Path>) -> Result<PathBuf, PeerError> {
+        let dest = match dest {
+            None => self.inner.repo.join("downloads").join(name),
+            Some(d) if d.is_dir() => d.join(name),
+            Some(d) => d.to_path_buf(),
+        };
+        if dest.exists() || dest.is_symlink() {
+            return Err(PeerError::DestinationExists(dest));
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(PeerError::BadDestination {
+                path: dest,
+                why: format!("folder {} does not exist", parent.display()),
+            });
+        }
+        Ok(dest)
+    }
+
+    /// Tells the tracker this peer leaves, cancels downloads and stops serving.
+    pub async fn shutdown(&self) {
+        let link = self
+            .inner
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(link) = link {
+            link.token.cancel();
+            let _ = link
+                .client
+                .call_timeout(Message::Leave, Duration::from_secs(1))
+                .await;
+        }
+        self.inner.shutdown.cancel();
+    }
+}
+
+fn unexpected(msg: &Message) -> PeerError {
+    PeerError::TrackerRefused(format!("unexpected reply {} from the tracker", msg.kind()))
+}
+
+fn part_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_os_string();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+fn create_part(part: &Path, manifest: Arc<Manifest>, name: &str) -> Result<Holding, PeerError> {
+    let bad = |e: std::io::Error| PeerError::BadDestination {
+        path: part.to_path_buf(),
+        why: describe_io(&e),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(part)
+        .map_err(bad)?;
+    file.set_len(manifest.size).map_err(bad)?;
+    let n = manifest.chunk_count();
+    Ok(Holding {
+        manifest,
+        file: Arc::new(file),
+        path: Mutex::new(part.to_path_buf()),
+        have: Mutex::new(Bitfield::new(n)),
+        kind: HoldingKind::Download {
+            name: name.to_string(),
+        },
+    })
+}
+
+/// Words an IO error for users, without a bare "os error N".
+pub fn describe_io(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "no such file or folder".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::AlreadyExists => "it already exists".into(),
+        K::StorageFull => "the disk is full".into(),
+        K::IsADirectory => "it is a folder".into(),
+        _ => {
+            let s = e.to_string();
+            s.split(" (os error").next().unwrap_or(&s).to_string()
+        }
+    }
+}
+
+/// Connects, registers, and re-announces publications and held chunks.
+async fn connect_and_announce(
+    inner: &Arc<PeerInner>,
+    addr: SocketAddr,
+) -> Result<SocketAddr, PeerError> {
+    let client = RpcClient::connect(addr, Role::Peer, Role::Tracker)
+        .await
+        .map_err(|source| PeerError::Tracker { addr, source })?;
+    let reply = client
+        .call(Message::RequestRegister {
+            peer_id: inner.peer_id,
+            listen: inner.listen,
+        })
+        .await
+        .map_err(|source| PeerError::Tracker { addr, source })?;
+    let Message::ReplyRegister { listen: advertised } = reply else {
+        return Err(unexpected(&reply));
+    };
+    // Make the new client the current one before re-announcing.
+    {
+        let mut link = inner.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *link {
+            Some(l) => {
+                l.client = client.clone();
+                l.advertised = advertised;
+            }
+            None => {
+                *link = Some(TrackerLink {
+                    client: client.clone(),
+                    advertised,
+                    token: inner.shutdown.child_token(),
+                })
+            }
+        }
+    }
+    let pubs = inner
+        .publications
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    for p in pubs {
+        if let Some(h) = inner.store.get(&p.content_id) {
+            let msg = Message::RequestPublish {
+                name: p.name.clone(),
+                local_path: p.path.display().to_string(),
+                manifest: (*h.manifest).clone(),
+            };
+            if let Err(e) = client.call(msg).await {
+                warn!(name = %p.name, error = %e, "re-announcing a publication failed");
+            }
+        }
+    }
+    for (cid, h) in inner.store.all() {
+        if matches!(h.kind, HoldingKind::Download { .. }) {
+            let indexes: Vec<u32> = h
+                .have
+                .lock()
+                .map(|b| b.ones().collect())
+                .unwrap_or_default();
+            if !indexes.is_empty() {
+                let _ = client
+                    .call(Message::RequestChunkRegister {
+                        content_id: cid,
+                        indexes,
+                    })
+                    .await;
+            }
+        }
+    }
+    Ok(advertised)
+}
+
+/// Heartbeats; on loss, reconnects with capped exponential backoff and jitter.
+async fn keep_alive(inner: Arc<PeerInner>, addr: SocketAddr, token: CancellationToken) {
+    let mut interval = tokio::time::interval(p2pfs_proto::limits::HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Ok(client) = inner.client() else {
+            reconnect(&inner, addr, &token).await;
+            continue;
+        };
+        if client.call(Message::Heartbeat).await.is_err() {
+            warn!(tracker = %addr, "lost the tracker connection; reconnecting");
+            inner.emit(PeerEvent::TrackerLost(addr));
+            reconnect(&inner, addr, &token).await;
+        }
+    }
+}
+
+async fn reconnect(inner: &Arc<PeerInner>, addr: SocketAddr, token: &CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(backoff + jitter) => {}
+        }
+        match connect_and_announce(inner, addr).await {
+            Ok(_) => {
+                info!(tracker = %addr, "reconnected to the tracker");
+                inner.emit(PeerEvent::TrackerReconnected(addr));
+                return;
+            }
+            Err(e) => debug!(tracker = %addr, error = %e, "reconnect failed"),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

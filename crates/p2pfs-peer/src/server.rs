@@ -1,0 +1,147 @@
+//! The peer's listener: serves chunks to any number of downloaders at once,
+//! and answers the tracker's pings.
+//!
+//! One task per connection reads requests in order and answers each one;
+//! the requester pipelines, so the connection stays busy. Chunk payloads are
+//! read positionally on a blocking thread and written to the socket without
+//! further copies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use p2pfs_proto::conn::{exchange_hello, split};
+use p2pfs_proto::limits::IDLE_TIMEOUT;
+use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::handle::PeerInner;
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%remote, "connection limit reached; closing");
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let token = inner.shutdown.clone();
+            let result = tokio::select! {
+                () = token.cancelled() => Ok(()),
+                r = serve(stream, &inner) => r,
+            };
+            match result {
+                Ok(()) | Err(ProtoError::Closed) => debug!(%remote, "connection closed"),
+                Err(e) => debug!(%remote, error = %e, "connection ended"),
+            }
+        });
+    }
+}
+
+async fn serve(mut stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
+    stream.set_nodelay(true)?;
+    let _role = exchange_hello(&mut stream, Role::Peer).await?;
+    let (mut reader, mut writer) = split(stream);
+    loop {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, reader.next()).await {
+            Err(_) => return Err(ProtoError::Timeout(IDLE_TIMEOUT, "waiting for a request")),
+            Ok(None) => return Err(ProtoError::Closed),
+            Ok(Some(f)) => f?,
+        };
+        let Frame::Control { id, msg } = frame else {
+            writer
+                .send_control(
+                    0,
+                    &Message::error(ErrorCode::BadRequest, "unexpected chunk frame"),
+                )
+                .await?;
+            return Err(ProtoError::Unexpected("chunk frame"));
+        };
+        match msg {
+            Message::RequestPingPong { nonce } => {
+                writer
+                    .send_control(id, &Message::ReplyPingPong { nonce })
+                    .await?
+            }
+            Message::PeerRequestChunk { content_id, index } => {
+                let delay = inner.delay();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match read_chunk(inner, &content_id, index).await {
+                    Ok(data) => {
+                        writer.send_chunk(id, &content_id, index, &data).await?;
+                        inner.stats.record_upload(data.len());
+                    }
+                    Err(reply) => writer.send_control(id, &reply).await?,
+                }
+            }
+            other => {
+                let reply = Message::error(
+                    ErrorCode::BadRequest,
+                    format!("{} is not a peer request", other.kind()),
+                );
+                writer.send_control(id, &reply).await?;
+            }
+        }
+    }
+}
+
+async fn read_chunk(
+    inner: &PeerInner,
+    content_id: &p2pfs_proto::ContentId,
+    index: u32,
+) -> Result<Vec<u8>, Message> {
+    let Some(holding) = inner.store.get(content_id) else {
+        return Err(Message::error(
+            ErrorCode::NotFound,
+            format!("content {} is not held here", content_id.short()),
+        ));
+    };
+    if index >= holding.manifest.chunk_count() {
+        return Err(Message::error(
+            ErrorCode::OutOfRange,
+            format!("chunk {index} is out of range"),
+        ));
+    }
+    if !holding.has(index) {
+        return Err(Message::error(
+            ErrorCode::NotHeld,
+            format!("chunk {index} is not held here yet"),
+        ));
+    }
+    let read = tokio::task::spawn_blocking(move || holding.read_chunk(index)).await;
+    match read {
+        Ok(Ok(data)) => Ok(data),
+        Ok(Err(e)) => {
+            warn!(content = %content_id.short(), index, error = %e, "cannot read a chunk we hold");
+            Err(Message::error(
+                ErrorCode::Internal,
+                "cannot read that chunk",
+            ))
+        }
+        Err(_) => Err(Message::error(
+            ErrorCode::Internal,
+            "chunk read task failed",
+        )),
+    }
+}

@@ -1,0 +1,105 @@
+//! What this peer holds and may serve: published files and downloads, by
+//! content id. A chunk is served only when its bit is set, so a download's
+//! chunks become servable the moment they are verified.
+//!
+//! Locking: one `RwLock` over the map (read-mostly: every chunk request
+//! reads it), and one `Mutex` per holding over its bitfield. Neither is held
+//! across an await.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use p2pfs_proto::{Bitfield, ContentId, Manifest};
+
+/// Why a holding exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldingKind {
+    /// Published by this peer under `name`.
+    Published {
+        /// Published name.
+        name: String,
+    },
+    /// Being fetched (or fetched) under `name`.
+    Download {
+        /// Published name it was fetched as.
+        name: String,
+    },
+}
+
+/// One content this peer can serve chunks of.
+#[derive(Debug)]
+pub struct Holding {
+    /// The manifest.
+    pub manifest: Arc<Manifest>,
+    /// Open file the chunks are read from (stays valid across the rename of
+    /// a finished download).
+    pub file: Arc<File>,
+    /// Where the file is (the `.part` path while downloading).
+    pub path: Mutex<PathBuf>,
+    /// Verified chunks.
+    pub have: Mutex<Bitfield>,
+    /// Why we hold it.
+    pub kind: HoldingKind,
+}
+
+impl Holding {
+    /// Whether chunk `index` is held.
+    pub fn has(&self, index: u32) -> bool {
+        self.have.lock().map(|b| b.get(index)).unwrap_or(false)
+    }
+
+    /// Reads chunk `index` into a new buffer (blocking IO).
+    ///
+    /// # Errors
+    /// IO errors; `InvalidInput` for an index out of range.
+    pub fn read_chunk(&self, index: u32) -> std::io::Result<Vec<u8>> {
+        let (offset, len) = self.manifest.chunk_range(index).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "chunk index out of range")
+        })?;
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Current path.
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// The map of holdings.
+#[derive(Debug, Default)]
+pub struct Store {
+    holdings: RwLock<HashMap<ContentId, Arc<Holding>>>,
+}
+
+impl Store {
+    /// The holding of a content.
+    pub fn get(&self, id: &ContentId) -> Option<Arc<Holding>> {
+        self.holdings.read().ok()?.get(id).cloned()
+    }
+
+    /// Adds a holding unless one exists; returns the one in place.
+    pub fn insert(&self, id: ContentId, holding: Holding) -> Arc<Holding> {
+        let mut map = self.holdings.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(id).or_insert_with(|| Arc::new(holding)).clone()
+    }
+
+    /// Removes a holding.
+    pub fn remove(&self, id: &ContentId) {
+        if let Ok(mut map) = self.holdings.write() {
+            map.remove(id);
+        }
+    }
+
+    /// Every holding.
+    pub fn all(&self) -> Vec<(ContentId, Arc<Holding>)> {
+        self.holdings
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+}
