@@ -1,1 +1,401 @@
-fn main() {}
+//! `p2pfs`: one binary for the tracker, the peer and an all-local demo.
+//!
+//! - `main.rs`: command-line parsing, logging, the shell loops.
+//! - [`console`]: line input (rustyline or a pipe) and output above the prompt.
+//! - [`tracker_shell`] / [`peer_shell`]: the shells' commands.
+//! - [`demo`]: a tracker and three peers in one process.
+//! - [`fmt`]: tables, sizes, progress lines.
+
+mod console;
+mod demo;
+mod fmt;
+mod peer_shell;
+mod tracker_shell;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use console::{Console, Input};
+use p2pfs_peer::{PeerConfig, PeerEvent, PeerHandle};
+use p2pfs_tracker::TrackerHandle;
+use tokio::sync::mpsc;
+
+/// Peer-to-peer file sharing: a tracker that knows who holds what, and
+/// peers that publish, serve and fetch files in a swarm.
+#[derive(Debug, Parser)]
+#[command(name = "p2pfs", version, propagate_version = true)]
+#[command(
+    after_help = "Try `p2pfs demo` for a tracker and three peers on this machine.\nLogs go to stderr; set RUST_LOG=debug for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a tracker, with its command shell
+    #[command(
+        after_help = "Shell commands: start ip port, list_peers, ping ip port, discover ip port,\nlist_files, list_chunkinfo, exit, help [command]\n\nExamples:\n  p2pfs tracker --listen 0.0.0.0:7000\n  p2pfs tracker            (then: start 0.0.0.0 7000)"
+    )]
+    Tracker {
+        /// Serve at once on this address (otherwise use the shell's `start ip port`)
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<SocketAddr>,
+        /// No shell: serve until SIGINT or SIGTERM (needs --listen)
+        #[arg(long, requires = "listen")]
+        no_shell: bool,
+    },
+    /// Run a peer, with its command shell
+    #[command(
+        after_help = "Shell commands: connect ip port, publish lname fname,\nfetch fname [destination] [peerIP peerPort], list_files, discover ip port,\nset_delay seconds, downloads, cancel id, wait, status, exit, help [command]\n\nExample:\n  p2pfs peer --tracker 127.0.0.1:7000 --repo ./alice"
+    )]
+    Peer {
+        /// Connect to this tracker at start
+        #[arg(long, value_name = "IP:PORT")]
+        tracker: Option<SocketAddr>,
+        /// Listen for chunk requests here (port 0 picks a free port)
+        #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Repository folder: peer id and the default download folder
+        #[arg(long, value_name = "DIR", default_value = "p2pfs-repo")]
+        repo: PathBuf,
+        /// No shell: serve until SIGINT or SIGTERM
+        #[arg(long)]
+        no_shell: bool,
+    },
+    /// Start a tracker and three peers on loopback, share a sample file
+    /// across them, and open a shell on the last peer
+    Demo {
+        /// Size of the sample file in MiB
+        #[arg(long, default_value_t = 32)]
+        size_mib: u64,
+        /// Run the demo and exit instead of opening a shell
+        #[arg(long)]
+        no_shell: bool,
+    },
+}
+
+/// The result of one shell command.
+pub(crate) struct Outcome {
+    text: String,
+    failed: bool,
+    exit: bool,
+}
+
+impl Outcome {
+    pub(crate) fn ok(text: String) -> Self {
+        Self {
+            text,
+            failed: false,
+            exit: false,
+        }
+    }
+    pub(crate) fn fail(text: String) -> Self {
+        Self {
+            text: format!("error: {text}"),
+            failed: true,
+            exit: false,
+        }
+    }
+    pub(crate) fn exit() -> Self {
+        Self {
+            text: String::new(),
+            failed: false,
+            exit: true,
+        }
+    }
+    pub(crate) fn usage(e: clap::Error) -> Self {
+        use clap::error::ErrorKind;
+        let text = e.render().to_string().trim_end().to_string();
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Self {
+                text,
+                failed: false,
+                exit: false,
+            },
+            _ => Self {
+                text,
+                failed: true,
+                exit: false,
+            },
+        }
+    }
+}
+
+/// Resolves an `ip port` pair (host names allowed) to a socket address.
+pub(crate) fn resolve(ip: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (ip, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+        .ok_or_else(|| format!("'{ip}' is not an IP address or a known host name"))
+}
+
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = match &cli.command {
+        Command::Tracker { no_shell, .. } | Command::Peer { no_shell, .. } => !*no_shell,
+        Command::Demo { .. } => true,
+    };
+    init_logging(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Tracker { listen, no_shell } => run_tracker(listen, no_shell).await,
+            Command::Peer {
+                tracker,
+                listen,
+                repo,
+                no_shell,
+            } => run_peer(tracker, listen, repo, no_shell).await,
+            Command::Demo { size_mib, no_shell } => demo::run(size_mib, no_shell).await,
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_tracker(listen: Option<SocketAddr>, no_shell: bool) -> anyhow::Result<ExitCode> {
+    let tracker = TrackerHandle::new();
+    if let Some(addr) = listen {
+        let bound = tracker.start(addr).await?;
+        println!("tracker serving on {bound}");
+    }
+    if no_shell {
+        shutdown_signal().await;
+        tracker.shutdown();
+        return Ok(ExitCode::SUCCESS);
+    }
+    if listen.is_none() {
+        println!(
+            "tracker not serving yet: type `start IP PORT` (e.g. `start 0.0.0.0 7000`), or `help`"
+        );
+    }
+    let (console, rx) = Console::start("tracker> ".into(), None);
+    let code = shell_loop(&console, rx, |words| {
+        let tracker = tracker.clone();
+        async move { tracker_shell::run_line(&tracker, words).await }
+    })
+    .await;
+    tracker.shutdown();
+    Ok(code)
+}
+
+async fn run_peer(
+    tracker: Option<SocketAddr>,
+    listen: SocketAddr,
+    repo: PathBuf,
+    no_shell: bool,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let peer = PeerHandle::start(PeerConfig { repo, listen })
+        .await
+        .context("cannot start the peer")?;
+    println!(
+        "peer {} listening on {} (repository {})",
+        peer.peer_id().short(),
+        peer.listen_addr(),
+        peer.repo().display()
+    );
+    if let Some(t) = tracker {
+        match peer.connect(t).await {
+            Ok(adv) => println!("connected to tracker {t}; other peers reach this peer at {adv}"),
+            Err(e) if no_shell => return Err(e).context("cannot connect to the tracker"),
+            Err(e) => println!("error: {e} (use `connect IP PORT` to try again)"),
+        }
+    } else if !no_shell {
+        println!("not connected: type `connect IP PORT`, or `help`");
+    }
+    if no_shell {
+        shutdown_signal().await;
+        peer.shutdown().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let history = dirs_history(peer.repo());
+    let code = peer_shell_session(&peer, None, history).await;
+    peer.shutdown().await;
+    Ok(code)
+}
+
+fn dirs_history(repo: &std::path::Path) -> Option<PathBuf> {
+    Some(repo.join("shell_history"))
+}
+
+/// Runs a peer shell (optionally with `tracker ...` commands for the demo).
+pub(crate) async fn peer_shell_session(
+    peer: &PeerHandle,
+    tracker: Option<TrackerHandle>,
+    history: Option<PathBuf>,
+) -> ExitCode {
+    let (console, rx) = Console::start("peer> ".into(), history);
+    let events = tokio::spawn(print_events(peer.clone(), console.clone()));
+    let bars = tokio::spawn(draw_progress(peer.clone(), console.clone()));
+    let code = shell_loop(&console, rx, |mut words| {
+        let peer = peer.clone();
+        let tracker = tracker.clone();
+        async move {
+            match (&tracker, words.first().map(String::as_str)) {
+                (Some(t), Some("tracker")) => {
+                    words.remove(0);
+                    if words.is_empty() {
+                        words.push("help".into());
+                    }
+                    tracker_shell::run_line(t, words).await
+                }
+                _ => peer_shell::run_line(&peer, words).await,
+            }
+        }
+    })
+    .await;
+    events.abort();
+    bars.abort();
+    code
+}
+
+async fn print_events(peer: PeerHandle, console: Console) {
+    let mut rx = peer.subscribe();
+    loop {
+        let text = match rx.recv().await {
+            Ok(PeerEvent::DownloadEnded { id, name, state }) => {
+                peer_shell::ended(&peer, id, &name, &state)
+            }
+            Ok(PeerEvent::TrackerLost(a)) => {
+                format!("warning: lost the connection to tracker {a}; reconnecting")
+            }
+            Ok(PeerEvent::TrackerReconnected(a)) => format!("reconnected to tracker {a}"),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        if !text.is_empty() {
+            console.print(&text);
+        }
+    }
+}
+
+async fn draw_progress(peer: PeerHandle, console: Console) {
+    if !console.interactive() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let lines: Vec<String> = peer
+            .downloads()
+            .iter()
+            .filter(|d| !d.snapshot().state.is_finished())
+            .map(|d| fmt::progress_line(d.id, &d.name, &d.snapshot(), 24))
+            .collect();
+        console.draw_bars(&lines);
+    }
+}
+
+/// Reads commands until `exit`, end of input on a terminal, or a signal.
+/// From a pipe, end of input leaves the daemon serving until a signal.
+async fn shell_loop<F, Fut>(
+    console: &Console,
+    mut rx: mpsc::Receiver<Input>,
+    mut run: F,
+) -> ExitCode
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let mut failed = false;
+    loop {
+        let input = tokio::select! {
+            i = rx.recv() => i.unwrap_or(Input::Eof),
+            () = shutdown_signal() => break,
+        };
+        match input {
+            Input::Line(line, ack) => {
+                let outcome = match console::split_words(&line) {
+                    Ok(words) if words.is_empty() => None,
+                    Ok(words) => Some(run(words).await),
+                    Err(e) => Some(Outcome::fail(e)),
+                };
+                let mut exit = false;
+                if let Some(o) = outcome {
+                    failed |= o.failed;
+                    exit = o.exit;
+                    if !o.text.is_empty() {
+                        console.print(&o.text);
+                    }
+                }
+                let _ = ack.send(());
+                if exit {
+                    break;
+                }
+            }
+            Input::Interrupted => console.print("(type `exit` to quit)"),
+            Input::Eof if console.interactive() => break,
+            Input::Eof => {
+                shutdown_signal().await;
+                break;
+            }
+        }
+    }
+    if failed && !console.interactive() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
