@@ -1,0 +1,427 @@
+//! Black-box tests: the real `p2pfs` binary as separate tracker and peer
+//! processes on loopback, driven through their shells over pipes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `p2pfs` process with its shell on a pipe.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str]) -> Result<Proc> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            name: name.into(),
+        })
+    }
+
+    fn tracker() -> Result<(Proc, SocketAddr)> {
+        let mut p = Proc::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0"])?;
+        let line = p.expect("tracker serving on")?;
+        let addr = line.rsplit(' ').next().ok_or("no address")?.parse()?;
+        Ok((p, addr))
+    }
+
+    fn peer(name: &str, tracker: SocketAddr, repo: &Path) -> Result<(Proc, SocketAddr)> {
+        let t = tracker.to_string();
+        let r = repo.to_string_lossy().to_string();
+        let mut p = Proc::spawn(
+            name,
+            &[
+                "peer",
+                "--tracker",
+                &t,
+                "--listen",
+                "127.0.0.1:0",
+                "--repo",
+                &r,
+            ],
+        )?;
+        let line = p.expect("listening on")?;
+        let addr = line.split(' ').nth(4).ok_or("no address")?.parse()?;
+        p.expect("connected to tracker")?;
+        Ok((p, addr))
+    }
+
+    fn send(&mut self, line: &str) -> Result {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn expect(&mut self, needle: &str) -> Result<String> {
+        self.expect_within(needle, WAIT)
+    }
+
+    fn expect_within(&mut self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{}: no line with {needle:?} within {limit:?}; saw {:#?}",
+                        self.name, self.seen
+                    )
+                    .into())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "{}: exited before printing {needle:?}; saw {:#?}",
+                        self.name, self.seen
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// Sends a command and returns the output line containing `needle`.
+    fn run(&mut self, line: &str, needle: &str) -> Result<String> {
+        self.send(line)?;
+        self.expect(needle)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn random_file(path: &Path, len: usize) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; len];
+    rand::Rng::fill(&mut rand::rng(), &mut data[..]);
+    std::fs::write(path, &data)?;
+    Ok(data)
+}
+
+fn quoted(p: &Path) -> String {
+    format!("\"{}\"", p.display())
+}
+
+fn ip_port(a: SocketAddr) -> String {
+    format!("{} {}", a.ip(), a.port())
+}
+
+struct Net {
+    dir: tempfile::TempDir,
+    tracker: Proc,
+    taddr: SocketAddr,
+}
+
+impl Net {
+    fn new() -> Result<Net> {
+        let (tracker, taddr) = Proc::tracker()?;
+        Ok(Net {
+            dir: tempfile::tempdir()?,
+            tracker,
+            taddr,
+        })
+    }
+
+    fn peer(&self, name: &str) -> Result<(Proc, SocketAddr)> {
+        Proc::peer(name, self.taddr, &self.dir.path().join(name))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn publish_and_multi_source_fetch_across_processes() -> Result {
+    let mut net = Net::new()?;
+    let (mut a, a_addr) = net.peer("a")?;
+    let (mut b, _) = net.peer("b")?;
+    let (mut c, c_addr) = net.peer("c")?;
+    // Not a multiple of the chunk size; name with a space and a non-ASCII letter.
+    let data = random_file(&net.path("my notes.txt"), 3 * 262_144 + 12_345)?;
+    std::fs::write(net.path("copy.bin"), &data)?;
+    a.run(
+        &format!(
+            "publish {} \"notes ü.txt\"",
+            quoted(&net.path("my notes.txt"))
+        ),
+        "published 'notes ü.txt'",
+    )?;
+    b.run(
+        &format!("publish {} same.bin", quoted(&net.path("copy.bin"))),
+        "published 'same.bin'",
+    )?;
+    let listing = net.tracker.run("list_files", "notes ü.txt")?;
+    assert!(listing.contains(&a_addr.to_string()), "{listing}");
+    net.tracker.expect("same.bin")?; // the rest of that table
+    c.run("fetch \"notes ü.txt\"", "fetching 'notes ü.txt'")?;
+    c.run("wait", "all downloads finished")?;
+    let got = std::fs::read(net.path("c/downloads/notes ü.txt"))?;
+    assert_eq!(got, data, "fetched bytes differ");
+    assert!(!net.path("c/downloads/notes ü.txt.part").exists());
+    // The downloader is now a source: three holders of the same content.
+    let row = net.tracker.run("list_files", "same.bin")?;
+    assert!(
+        row.split_whitespace().any(|w| w == "3"),
+        "sources should be 3: {row}"
+    );
+    net.tracker.send("list_chunkinfo")?;
+    let holder = net.tracker.expect(&c_addr.to_string())?;
+    assert!(holder.contains("all"), "{holder}");
+    // Empty file.
+    std::fs::write(net.path("empty"), b"")?;
+    a.run(
+        &format!("publish {} empty.txt", quoted(&net.path("empty"))),
+        "published 'empty.txt'",
+    )?;
+    c.run(
+        &format!("fetch empty.txt {}", quoted(&net.path("empty-copy"))),
+        "fetching 'empty.txt'",
+    )?;
+    c.run("wait", "all downloads finished")?;
+    assert_eq!(std::fs::read(net.path("empty-copy"))?.len(), 0);
+    // Discover through the tracker and through a peer.
+    let d = net
+        .tracker
+        .run(&format!("discover {}", ip_port(a_addr)), "notes ü.txt")?;
+    assert!(
+        d.contains("my notes.txt"),
+        "discover shows the local path: {d}"
+    );
+    b.run(&format!("discover {}", ip_port(a_addr)), "empty.txt")?;
+    Ok(())
+}
+
+#[test]
+fn every_refusal_has_a_clear_message() -> Result {
+    let net = Net::new()?;
+    let (mut a, a_addr) = net.peer("a")?;
+    let (mut b, b_addr) = net.peer("b")?;
+    random_file(&net.path("f1"), 1000)?;
+    random_file(&net.path("f2"), 2000)?;
+    let f1 = quoted(&net.path("f1"));
+    let f2 = quoted(&net.path("f2"));
+    a.run(&format!("publish {f1} doc"), "published 'doc'")?;
+    a.run(
+        &format!("publish {f2} doc"),
+        "already published a file named 'doc'",
+    )?;
+    a.run(
+        &format!("publish {f1} other"),
+        "is already published as 'doc'",
+    )?;
+    a.run(&format!("publish {f2} a/b"), "path separator")?;
+    a.run(&format!("publish {f2} \"\""), "the name is empty")?;
+    a.run(
+        &format!("publish {f2} {}", "x".repeat(300)),
+        "longer than 255",
+    )?;
+    a.run(
+        &format!("publish {} x", quoted(&net.path("missing"))),
+        "no such file",
+    )?;
+    a.run(
+        &format!("publish {} x", quoted(net.dir.path())),
+        "not a regular file",
+    )?;
+    a.run("fetch doc", "your own published file")?;
+    let started = Instant::now();
+    b.run("fetch nothing-here", "no file named 'nothing-here'")?;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "unknown name answered in {:?}",
+        started.elapsed()
+    );
+    std::fs::write(net.path("exists"), b"x")?;
+    b.run(
+        &format!("fetch doc {}", quoted(&net.path("exists"))),
+        "already exists",
+    )?;
+    // Same name from two publishers: ambiguous until one is named.
+    b.run(&format!("publish {f2} doc"), "published 'doc'")?;
+    let (mut c, _) = net.peer("c")?;
+    let amb = c.run("fetch doc", "several peers")?;
+    assert!(
+        amb.contains(&a_addr.to_string()) && amb.contains(&b_addr.to_string()),
+        "{amb}"
+    );
+    c.run(&format!("fetch doc {}", ip_port(b_addr)), "fetching 'doc'")?;
+    c.run("wait", "all downloads finished")?;
+    assert_eq!(
+        std::fs::read(net.path("c/downloads/doc"))?,
+        std::fs::read(net.path("f2"))?
+    );
+    // Shell quality: unknown commands and bad arguments get usage, help works.
+    c.run("frobnicate", "unrecognized subcommand")?;
+    c.run("connect 127.0.0.1 notaport", "invalid value")?;
+    c.run("help publish", "Usage: publish <LNAME> <FNAME>")?;
+    c.run("set_delay -1", "error")?;
+    Ok(())
+}
+
+#[test]
+fn fetch_completes_when_a_source_is_killed() -> Result {
+    let mut net = Net::new()?;
+    let (mut s1, s1_addr) = net.peer("s1")?;
+    let (mut s2, _) = net.peer("s2")?;
+    let (mut d, _) = net.peer("d")?;
+    let data = random_file(&net.path("big"), 16 << 20)?;
+    // Same content under two names: one swarm with two seeders.
+    s1.run(
+        &format!("publish {} big", quoted(&net.path("big"))),
+        "published 'big'",
+    )?;
+    s2.run(
+        &format!("publish {} big-copy", quoted(&net.path("big"))),
+        "published 'big-copy'",
+    )?;
+    for s in [&mut s1, &mut s2] {
+        s.run("set_delay 0.05", "answered after")?;
+    }
+    d.run("fetch big", "fetching 'big'")?;
+    std::thread::sleep(Duration::from_millis(700));
+    s1.kill(); // SIGKILL
+    d.run("wait", "all downloads finished")?;
+    assert_eq!(
+        std::fs::read(net.path("d/downloads/big"))?,
+        data,
+        "bytes differ after a source died"
+    );
+    // The killed peer disappears from the tracker within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        net.tracker.send("list_peers")?;
+        let line = net.tracker.expect("peer(s) online")?;
+        if line.starts_with("2 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "killed peer {s1_addr} still listed: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}
+
+#[test]
+fn garbage_on_every_port_does_not_stop_service() -> Result {
+    let mut net = Net::new()?;
+    let (mut a, a_addr) = net.peer("a")?;
+    let (mut b, _) = net.peer("b")?;
+    let data = random_file(&net.path("f"), 700_000)?;
+    a.run(
+        &format!("publish {} f", quoted(&net.path("f"))),
+        "published 'f'",
+    )?;
+    let mut rng = rand::rng();
+    for addr in [net.taddr, a_addr] {
+        for attempt in 0..20 {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let mut junk = vec![0u8; 64 + attempt * 97];
+                rand::Rng::fill(&mut rng, &mut junk[..]);
+                if attempt % 3 == 0 {
+                    // A valid hello, then a huge length prefix.
+                    junk = b"P2PF\x00\x01\x02\x00\xff\xff\xff\xf0\x01".to_vec();
+                }
+                let _ = s.write_all(&junk);
+            }
+        }
+    }
+    b.run("fetch f", "fetching 'f'")?;
+    b.run("wait", "all downloads finished")?;
+    assert_eq!(std::fs::read(net.path("b/downloads/f"))?, data);
+    net.tracker.run("list_peers", "2 peer(s) online")?;
+    Ok(())
+}
+
+#[test]
+fn tracker_ping_and_its_refusals() -> Result {
+    let mut net = Net::new()?;
+    let (_a, a_addr) = net.peer("a")?;
+    net.tracker
+        .run(&format!("ping {}", ip_port(a_addr)), "pong from")?;
+    net.tracker
+        .run(&format!("ping {}", ip_port(net.taddr)), "own address")?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let started = Instant::now();
+    net.tracker
+        .run(&format!("ping {}", ip_port(closed)), "ping failed")?;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "dead address answered in {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn peer_keeps_serving_after_its_input_ends_and_leaves_on_exit() -> Result {
+    let mut net = Net::new()?;
+    let (mut a, a_addr) = net.peer("a")?;
+    let (mut b, _) = net.peer("b")?;
+    let data = random_file(&net.path("f"), 300_000)?;
+    a.run(
+        &format!("publish {} f", quoted(&net.path("f"))),
+        "published 'f'",
+    )?;
+    a.stdin = None; // end of input: the daemon must keep serving
+    std::thread::sleep(Duration::from_millis(300));
+    b.run("fetch f", "fetching 'f'")?;
+    b.run("wait", "all downloads finished")?;
+    assert_eq!(std::fs::read(net.path("b/downloads/f"))?, data);
+    b.send("exit")?;
+    let status = b.child.wait()?;
+    assert!(status.success());
+    // `b` told the tracker it left; `a` is still online.
+    net.tracker.run("list_peers", "1 peer(s) online")?;
+    net.tracker.run("list_files", &a_addr.to_string())?;
+    Ok(())
+}
