@@ -275,7 +275,7 @@ impl PeerHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(TrackerLink {
-                client: client.clone(),
+                client,
                 advertised,
                 token: token.clone(),
             });
