@@ -620,10 +620,35 @@ fn unexpected(msg: &Message) -> PeerError {
     PeerError::TrackerRefused(format!("unexpected reply {} from the tracker", msg.kind()))
 }
 
+/// `dest` with `.part` appended. A file name that would then exceed the
+/// 255-byte limit of common file systems (names may be 255 bytes) is cut on
+/// a character boundary and tagged with a hash of the full name, so that
+/// distinct long names keep distinct part files.
 fn part_path(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_os_string();
-    s.push(".part");
-    PathBuf::from(s)
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    const MAX_FILE_NAME: usize = 255;
+    const SUFFIX: &[u8] = b".part";
+    let Some(file_name) = dest.file_name() else {
+        let mut s = dest.as_os_str().to_os_string();
+        s.push(".part");
+        return PathBuf::from(s);
+    };
+    let full = file_name.as_bytes();
+    let mut name = full.to_vec();
+    if name.len() + SUFFIX.len() > MAX_FILE_NAME {
+        let tag = blake3::hash(full).to_hex();
+        let tag = format!("~{}", &tag[..8]);
+        let mut keep = MAX_FILE_NAME - SUFFIX.len() - tag.len();
+        if let Ok(text) = std::str::from_utf8(full) {
+            while !text.is_char_boundary(keep) {
+                keep -= 1;
+            }
+        }
+        name.truncate(keep);
+        name.extend_from_slice(tag.as_bytes());
+    }
+    name.extend_from_slice(SUFFIX);
+    dest.with_file_name(std::ffi::OsString::from_vec(name))
 }
 
 fn create_part(part: &Path, manifest: Arc<Manifest>, name: &str) -> Result<Holding, PeerError> {

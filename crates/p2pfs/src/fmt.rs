@@ -61,7 +61,8 @@ pub(crate) fn progress_line(id: u64, name: &str, p: &Progress, width: usize) -> 
             } else {
                 "ETA --".into()
             };
-            format!("{}  {eta}  {} sources", rate(p.rate), p.sources)
+            let plural = if p.sources == 1 { "" } else { "s" };
+            format!("{}  {eta}  {} source{plural}", rate(p.rate), p.sources)
         }
         DownloadState::Done => {
             format!("done in {:.2}s ({})", p.elapsed.as_secs_f64(), rate(p.rate))

@@ -395,7 +395,7 @@ fn update_sources(
             continue;
         }
         if let Some((n, at)) = sources.failures.get(&h.peer_id) {
-            // Back off: 1 s, 2 s, 4 s ... between reconnects to a failing source.
+            // Back off 2 s, 4 s, 8 s ... (at most 32 s) between reconnects to a failing source.
             if at.elapsed() < Duration::from_secs(1 << (*n).min(5)) {
                 continue;
             }

@@ -91,6 +91,10 @@ async fn source_impl(
         }
         let want = window.saturating_sub(pending.len());
         if want > 0 {
+            if pending.is_empty() {
+                // The stall clock runs from the first outstanding request.
+                last_data = Instant::now();
+            }
             let picks = dl.sched().pick(sid, want);
             for index in picks {
                 let id = next_id;
