@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use p2pfs_proto::conn::{exchange_hello, split};
+use p2pfs_proto::conn::{exchange_hello, split_server};
 use p2pfs_proto::limits::IDLE_TIMEOUT;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,7 +60,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
 async fn serve(mut stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
     stream.set_nodelay(true)?;
     let _role = exchange_hello(&mut stream, Role::Peer).await?;
-    let (mut reader, mut writer) = split(stream);
+    let (mut reader, mut writer) = split_server(stream);
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ProtoError::Timeout(IDLE_TIMEOUT, "waiting for a request")),

@@ -165,6 +165,34 @@ pub fn chunk_header(
     Ok(h)
 }
 
+/// A [`FrameCodec`] for the accepting side of a connection, which only ever
+/// receives requests: it refuses chunk frames and any length above the
+/// control limit before reserving memory, so a hostile client can make it
+/// buffer at most one control frame (4 MiB), not a chunk frame (16 MiB).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ControlCodec;
+
+impl Decoder for ControlCodec {
+    type Item = Frame;
+    type Error = ProtoError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
+        if src.len() >= 4 {
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if len > 1 + MAX_CONTROL_LEN {
+                return Err(ProtoError::FrameTooLarge {
+                    len,
+                    max: 1 + MAX_CONTROL_LEN,
+                });
+            }
+        }
+        if src.len() >= 5 && src[4] != KIND_CONTROL {
+            return Err(ProtoError::UnknownFrameKind(src[4]));
+        }
+        FrameCodec.decode(src)
+    }
+}
+
 impl Encoder<Frame> for FrameCodec {
     type Error = ProtoError;
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{chunk_header, encode_control, Frame, FrameCodec};
+use crate::codec::{chunk_header, encode_control, ControlCodec, Frame, FrameCodec};
 use crate::limits::{CONNECT_TIMEOUT, HELLO_LEN, MAGIC, PROTOCOL_VERSION, REQUEST_TIMEOUT};
 use crate::message::Message;
 use crate::types::ContentId;
@@ -120,6 +120,21 @@ pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<TcpStre
         )));
     }
     Ok(stream)
+}
+
+/// Splits an accepted stream into a request reader (control frames only,
+/// see [`ControlCodec`]) and a [`FrameWriter`].
+pub fn split_server(
+    stream: TcpStream,
+) -> (
+    FramedRead<OwnedReadHalf, ControlCodec>,
+    FrameWriter<OwnedWriteHalf>,
+) {
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::with_capacity(r, ControlCodec, 16 * 1024),
+        FrameWriter::new(w),
+    )
 }
 
 /// Splits a stream into a frame reader and a [`FrameWriter`].

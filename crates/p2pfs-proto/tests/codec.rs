@@ -337,3 +337,25 @@ fn hello_checks_magic_version_and_role() {
     h[6] = 7;
     assert!(decode_hello(&h).is_err());
 }
+
+#[test]
+fn control_codec_refuses_chunk_frames_and_large_lengths() {
+    use p2pfs_proto::codec::ControlCodec;
+    let mut buf = BytesMut::new();
+    buf.put_u32(1000);
+    buf.put_u8(KIND_CHUNK);
+    assert!(ControlCodec.decode(&mut buf).is_err());
+    let mut buf = BytesMut::new();
+    buf.put_u32(16 * 1024 * 1024);
+    assert!(ControlCodec.decode(&mut buf).is_err());
+    assert!(buf.capacity() < 1024);
+    let mut buf = BytesMut::new();
+    encode_control(3, &Message::Heartbeat, &mut buf).unwrap();
+    assert_eq!(
+        ControlCodec.decode(&mut buf).unwrap(),
+        Some(Frame::Control {
+            id: 3,
+            msg: Message::Heartbeat
+        })
+    );
+}

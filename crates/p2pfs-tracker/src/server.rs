@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use p2pfs_proto::conn::{exchange_hello, split};
+use p2pfs_proto::conn::{exchange_hello, split_server};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -94,7 +94,7 @@ async fn session(
             "{role:?} connected to the tracker"
         )));
     }
-    let (mut reader, mut writer) = split(stream);
+    let (mut reader, mut writer) = split_server(stream);
     loop {
         let frame = match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ProtoError::Timeout(PEER_TIMEOUT, "waiting for a heartbeat")),
