@@ -350,23 +350,8 @@ impl PeerHandle {
                 name: name.to_string(),
             },
         };
-        let held = self.inner.store.insert(content_id, holding);
-        if !held.have.lock().map(|h| h.is_full()).unwrap_or(false) {
-            // Same content is being downloaded: the local file is complete, so serve it.
-            self.inner.store.remove(&content_id);
-            self.inner.store.insert(
-                content_id,
-                Holding {
-                    manifest: manifest.clone(),
-                    file: Arc::new(std::fs::File::open(&abs).map_err(|e| bad(describe_io(&e)))?),
-                    path: Mutex::new(abs.clone()),
-                    have: Mutex::new(Bitfield::full(manifest.chunk_count())),
-                    kind: HoldingKind::Published {
-                        name: name.to_string(),
-                    },
-                },
-            );
-        }
+        // A complete local file beats a download of the same content in progress.
+        self.inner.store.insert_complete(content_id, holding);
         let reply = self
             .inner
             .call(Message::RequestPublish {

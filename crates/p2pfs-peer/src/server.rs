@@ -7,15 +7,13 @@
 //! further copies.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
-use p2pfs_proto::conn::{exchange_hello, split_server};
+use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server};
 use p2pfs_proto::limits::IDLE_TIMEOUT;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::handle::PeerInner;
 
@@ -23,38 +21,17 @@ use crate::handle::PeerInner;
 pub const MAX_CONNECTIONS: usize = 1024;
 
 pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = inner.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            debug!(%remote, "connection limit reached; closing");
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let token = inner.shutdown.clone();
-            let result = tokio::select! {
-                () = token.cancelled() => Ok(()),
-                r = serve(stream, &inner) => r,
-            };
-            match result {
-                Ok(()) | Err(ProtoError::Closed) => debug!(%remote, "connection closed"),
-                Err(e) => debug!(%remote, error = %e, "connection ended"),
-            }
-        });
-    }
+    let shutdown = inner.shutdown.clone();
+    serve_connections(
+        listener,
+        MAX_CONNECTIONS,
+        shutdown,
+        move |stream, _remote| {
+            let inner = inner.clone();
+            async move { serve(stream, &inner).await }
+        },
+    )
+    .await;
 }
 
 async fn serve(mut stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {

@@ -88,6 +88,21 @@ impl Store {
         map.entry(id).or_insert_with(|| Arc::new(holding)).clone()
     }
 
+    /// Adds a complete holding, replacing one that is still incomplete
+    /// (a download of the same content); keeps an existing complete one.
+    pub fn insert_complete(&self, id: ContentId, holding: Holding) -> Arc<Holding> {
+        let mut map = self.holdings.write().unwrap_or_else(|e| e.into_inner());
+        let complete = |h: &Holding| h.have.lock().map(|b| b.is_full()).unwrap_or(false);
+        match map.get(&id) {
+            Some(existing) if complete(existing) => existing.clone(),
+            _ => {
+                let h = Arc::new(holding);
+                map.insert(id, h.clone());
+                h
+            }
+        }
+    }
+
     /// Removes a holding.
     pub fn remove(&self, id: &ContentId) {
         if let Ok(mut map) = self.holdings.write() {

@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -343,4 +343,50 @@ async fn rpc_task(
         let _ = reply.send(Err(ProtoError::Closed));
     }
     result
+}
+
+/// Accepts connections until `shutdown` is cancelled, at most `max` at once
+/// (further ones are closed at once), and runs `handle` for each in its own
+/// task, logging how it ended. Used by the tracker and the peer listeners.
+pub async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    shutdown: CancellationToken,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProtoError>> + Send + 'static,
+{
+    let limit = std::sync::Arc::new(Semaphore::new(max));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "connection limit reached; closing");
+            continue;
+        };
+        let session = handle(stream, remote);
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = tokio::select! {
+                () = token.cancelled() => Ok(()),
+                r = session => r,
+            };
+            match result {
+                Ok(()) | Err(ProtoError::Closed) => tracing::debug!(%remote, "connection closed"),
+                Err(e) => tracing::debug!(%remote, error = %e, "connection ended"),
+            }
+        });
+    }
 }

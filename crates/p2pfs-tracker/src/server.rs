@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use p2pfs_proto::conn::{exchange_hello, split_server};
+use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::handle::Shared;
 
@@ -32,51 +31,32 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            debug!(%remote, "connection limit reached; closing");
-            continue;
-        };
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-            let mut registered = None;
-            let result = tokio::select! {
-                () = shutdown.cancelled() => Ok(()),
-                r = session(stream, remote, &shared, conn_id, &mut registered) => r,
-            };
-            if let Some(peer_id) = registered {
-                if shared
-                    .state
-                    .lock()
-                    .map(|mut s| s.remove_peer(peer_id, Some(conn_id)))
-                    .unwrap_or(false)
-                {
-                    info!(peer = %peer_id.short(), %remote, "peer left");
-                    shared.changed();
+    serve_connections(
+        listener,
+        MAX_CONNECTIONS,
+        shutdown,
+        move |stream, remote| {
+            let shared = shared.clone();
+            async move {
+                let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let mut registered = None;
+                let result = session(stream, remote, &shared, conn_id, &mut registered).await;
+                if let Some(peer_id) = registered {
+                    if shared
+                        .state
+                        .lock()
+                        .map(|mut s| s.remove_peer(peer_id, Some(conn_id)))
+                        .unwrap_or(false)
+                    {
+                        info!(peer = %peer_id.short(), %remote, "peer left");
+                        shared.changed();
+                    }
                 }
+                result
             }
-            match result {
-                Ok(()) | Err(ProtoError::Closed) => debug!(%remote, "connection closed"),
-                Err(e) => debug!(%remote, error = %e, "connection ended"),
-            }
-        });
-    }
+        },
+    )
+    .await;
     info!("tracker stopped accepting");
 }
 
