@@ -77,6 +77,9 @@ pub enum PeerError {
     /// A peer's own address was given where another peer's is needed.
     #[error("{0}")]
     Refused(String),
+    /// `set_delay` with a value out of range.
+    #[error("the delay must be between 0 and {max} seconds, not {0}", max = crate::handle::MAX_DELAY_SECS)]
+    BadDelay(f64),
     /// Local IO failed.
     #[error("{context}: {source}")]
     Io {
@@ -105,6 +108,7 @@ impl PeerError {
             PeerError::Ambiguous(_) => "ambiguous",
             PeerError::AlreadyHeld(_) => "already_held",
             PeerError::Refused(_) => "refused",
+            PeerError::BadDelay(_) => "bad_delay",
             PeerError::Io { .. } => "io",
         }
     }

@@ -20,6 +20,9 @@ use crate::download::{self, DownloadHandle, DownloadSpec, DownloadState};
 use crate::error::PeerError;
 use crate::store::{Holding, HoldingKind, Store};
 
+/// The longest artificial delay `set_delay` accepts, in seconds.
+pub const MAX_DELAY_SECS: f64 = 3600.0;
+
 /// How a peer starts.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -423,11 +426,20 @@ impl PeerHandle {
         }
     }
 
-    /// Sets the artificial delay before answering each chunk request.
-    pub fn set_delay(&self, delay: Duration) {
+    /// Sets the artificial delay before answering each chunk request, in
+    /// seconds (0 to [`MAX_DELAY_SECS`]).
+    ///
+    /// # Errors
+    /// [`PeerError::BadDelay`] for negative, huge or non-finite values.
+    pub fn set_delay(&self, seconds: f64) -> Result<Duration, PeerError> {
+        if !seconds.is_finite() || !(0.0..=MAX_DELAY_SECS).contains(&seconds) {
+            return Err(PeerError::BadDelay(seconds));
+        }
+        let delay = Duration::from_secs_f64(seconds);
         self.inner
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+        Ok(delay)
     }
 
     /// The artificial delay.

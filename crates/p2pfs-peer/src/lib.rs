@@ -17,4 +17,4 @@ pub mod store;
 
 pub use download::{DownloadHandle, DownloadState, Progress};
 pub use error::PeerError;
-pub use handle::{PeerConfig, PeerEvent, PeerHandle, Publication};
+pub use handle::{PeerConfig, PeerEvent, PeerHandle, Publication, MAX_DELAY_SECS};

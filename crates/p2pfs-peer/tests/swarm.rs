@@ -407,7 +407,7 @@ async fn multi_source_download_uses_several_seeders() {
                 .await
                 .expect("publish");
             // Slow enough that no single source can finish before the others join.
-            seeder.set_delay(Duration::from_millis(10));
+            seeder.set_delay(0.01).unwrap();
             seeders.push(seeder);
         }
         let info = swarm.tracker.chunk_info();
@@ -585,8 +585,8 @@ async fn a_source_killed_mid_fetch_is_replaced() {
         let survivor = swarm.peer().await;
         victim.publish(&path, "big-1.bin").await.expect("publish");
         survivor.publish(&path, "big-2.bin").await.expect("publish");
-        victim.set_delay(Duration::from_millis(20));
-        survivor.set_delay(Duration::from_millis(20));
+        victim.set_delay(0.02).unwrap();
+        survivor.set_delay(0.02).unwrap();
         let leecher = swarm.peer().await;
         // Fetch under the victim's name: its publisher goes away mid-download.
         let dl = leecher.fetch("big-1.bin", None, None).await.expect("fetch");
@@ -632,7 +632,7 @@ async fn a_corrupting_source_does_not_spoil_the_download() {
         let honest = swarm.peer().await;
         honest.publish(&path, "honest.bin").await.expect("publish");
         // Slow the honest seeder so the liar gets requests too.
-        honest.set_delay(Duration::from_millis(30));
+        honest.set_delay(0.03).unwrap();
         let liar = Liar::start(swarm.addr, manifest.clone(), "liar copy.bin").await;
         let info = swarm.tracker.chunk_info();
         assert_eq!(info.len(), 1);

@@ -46,6 +46,19 @@ pub enum TrackerError {
     UnknownPeer(SocketAddr),
 }
 
+impl TrackerError {
+    /// A stable machine-readable code (used by the HTTP API).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TrackerError::AlreadyStarted(_) => "already_started",
+            TrackerError::Bind { .. } => "bind_failed",
+            TrackerError::PingSelf(_) => "ping_self",
+            TrackerError::Peer { .. } => "peer_unreachable",
+            TrackerError::UnknownPeer(_) => "unknown_peer",
+        }
+    }
+}
+
 /// State shared by the handle and the server tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {

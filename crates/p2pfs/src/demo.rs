@@ -9,17 +9,32 @@ use std::process::ExitCode;
 use anyhow::Context;
 use p2pfs_peer::{DownloadState, PeerConfig, PeerHandle};
 use p2pfs_tracker::TrackerHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::fmt::{rate, size};
 
-pub(crate) async fn run(size_mib: u64, no_shell: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("p2pfs-demo-")
         .tempdir()
         .context("cannot create a demo folder")?;
     let tracker = TrackerHandle::new();
     let taddr = tracker.start("127.0.0.1:0".parse()?).await?;
-    println!("tracker      {taddr}");
+    let exit = CancellationToken::new();
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let tracker_url = if http {
+        let app = p2pfs_http::tracker::router(p2pfs_http::tracker::TrackerApi {
+            tracker: tracker.clone(),
+            exit: exit.clone(),
+        });
+        format!(
+            "  web UI {}",
+            crate::start_http(loopback, app, exit.clone()).await?
+        )
+    } else {
+        String::new()
+    };
+    println!("tracker      {taddr}{tracker_url}");
     let mut peers = Vec::new();
     for i in 1..=3 {
         let peer = PeerHandle::start(PeerConfig {
@@ -28,8 +43,20 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool) -> anyhow::Result<ExitCod
         })
         .await?;
         peer.connect(taddr).await?;
+        let url = if http {
+            let app = p2pfs_http::peer::router(p2pfs_http::peer::PeerApi {
+                peer: peer.clone(),
+                exit: exit.clone(),
+            });
+            format!(
+                "  web UI {}",
+                crate::start_http(loopback, app, exit.clone()).await?
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "peer {i}       {}  (repository {})",
+            "peer {i}       {}{url}  (repository {})",
             peer.listen_addr(),
             peer.repo().display()
         );
@@ -69,6 +96,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool) -> anyhow::Result<ExitCod
             p.shutdown().await;
         }
         tracker.shutdown();
+        exit.cancel();
         return Ok(if same {
             ExitCode::SUCCESS
         } else {
@@ -82,7 +110,13 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool) -> anyhow::Result<ExitCod
         sample.display(),
         peers[1].listen_addr().port(),
     );
-    let code = crate::peer_shell_session(&peers[2], Some(tracker.clone()), None).await;
+    if http {
+        println!(
+            "Open the web UIs above in a browser: publish, fetch and watch the chunk map live.\n"
+        );
+    }
+    let code = crate::peer_shell_session(&peers[2], Some(tracker.clone()), None, &exit).await;
+    exit.cancel();
     for p in &peers {
         p.shutdown().await;
     }

@@ -22,6 +22,7 @@ use console::{Console, Input};
 use p2pfs_peer::{PeerConfig, PeerEvent, PeerHandle};
 use p2pfs_tracker::TrackerHandle;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Peer-to-peer file sharing: a tracker that knows who holds what, and
 /// peers that publish, serve and fetch files in a swarm.
@@ -45,9 +46,11 @@ enum Command {
         /// Serve at once on this address (otherwise use the shell's `start ip port`)
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<SocketAddr>,
-        /// No shell: serve until SIGINT or SIGTERM (needs --listen)
+        /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit` (needs --listen)
         #[arg(long, requires = "listen")]
         no_shell: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Run a peer, with its command shell
     #[command(
@@ -63,9 +66,11 @@ enum Command {
         /// Repository folder: peer id and the default download folder
         #[arg(long, value_name = "DIR", default_value = "p2pfs-repo")]
         repo: PathBuf,
-        /// No shell: serve until SIGINT or SIGTERM
+        /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit`
         #[arg(long)]
         no_shell: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Start a tracker and three peers on loopback, share a sample file
     /// across them, and open a shell on the last peer
@@ -76,7 +81,49 @@ enum Command {
         /// Run the demo and exit instead of opening a shell
         #[arg(long)]
         no_shell: bool,
+        /// Serve the daemons' web UIs and APIs (on loopback, ports picked
+        /// freely); --no-http turns them off
+        #[arg(long)]
+        no_http: bool,
     },
+}
+
+/// Where the HTTP API and web UI listen.
+#[derive(Debug, clap::Args)]
+struct HttpArgs {
+    /// Serve the HTTP API and web UI here (port 0 picks a free port)
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
+    http: SocketAddr,
+    /// Do not serve the HTTP API and web UI
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
+}
+
+impl HttpArgs {
+    fn addr(&self) -> Option<SocketAddr> {
+        (!self.no_http).then_some(self.http)
+    }
+}
+
+/// Binds the HTTP API and web UI at `addr` and serves `app` until `stop`.
+/// Returns the UI's URL.
+pub(crate) async fn start_http(
+    addr: SocketAddr,
+    app: p2pfs_http::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let server = p2pfs_http::HttpServer::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve the web UI on {addr}"))?;
+    if !addr.ip().is_loopback() {
+        println!(
+            "warning: the HTTP API on {addr} is reachable from other machines and has no access control yet"
+        );
+    }
+    let url = server.url();
+    server.spawn(app, stop);
+    Ok(url)
 }
 
 /// The result of one shell command.
@@ -169,14 +216,23 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Tracker { listen, no_shell } => run_tracker(listen, no_shell).await,
+            Command::Tracker {
+                listen,
+                no_shell,
+                http,
+            } => run_tracker(listen, no_shell, http.addr()).await,
             Command::Peer {
                 tracker,
                 listen,
                 repo,
                 no_shell,
-            } => run_peer(tracker, listen, repo, no_shell).await,
-            Command::Demo { size_mib, no_shell } => demo::run(size_mib, no_shell).await,
+                http,
+            } => run_peer(tracker, listen, repo, no_shell, http.addr()).await,
+            Command::Demo {
+                size_mib,
+                no_shell,
+                no_http,
+            } => demo::run(size_mib, no_shell, !no_http).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -214,15 +270,32 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-async fn run_tracker(listen: Option<SocketAddr>, no_shell: bool) -> anyhow::Result<ExitCode> {
+async fn run_tracker(
+    listen: Option<SocketAddr>,
+    no_shell: bool,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let tracker = TrackerHandle::new();
     if let Some(addr) = listen {
         let bound = tracker.start(addr).await?;
         println!("tracker serving on {bound}");
     }
+    let exit = CancellationToken::new();
+    if let Some(addr) = http {
+        let app = p2pfs_http::tracker::router(p2pfs_http::tracker::TrackerApi {
+            tracker: tracker.clone(),
+            exit: exit.clone(),
+        });
+        let url = start_http(addr, app, exit.clone()).await?;
+        println!("web UI and API on {url}");
+    }
     if no_shell {
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = exit.cancelled() => {}
+        }
         tracker.shutdown();
+        exit.cancel();
         return Ok(ExitCode::SUCCESS);
     }
     if listen.is_none() {
@@ -231,12 +304,13 @@ async fn run_tracker(listen: Option<SocketAddr>, no_shell: bool) -> anyhow::Resu
         );
     }
     let (console, rx) = Console::start("tracker> ".into(), None);
-    let code = shell_loop(&console, rx, |words| {
+    let code = shell_loop(&console, rx, &exit, |words| {
         let tracker = tracker.clone();
         async move { tracker_shell::run_line(&tracker, words).await }
     })
     .await;
     tracker.shutdown();
+    exit.cancel();
     Ok(code)
 }
 
@@ -245,6 +319,7 @@ async fn run_peer(
     listen: SocketAddr,
     repo: PathBuf,
     no_shell: bool,
+    http: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let peer = PeerHandle::start(PeerConfig { repo, listen })
@@ -256,6 +331,15 @@ async fn run_peer(
         peer.listen_addr(),
         peer.repo().display()
     );
+    let exit = CancellationToken::new();
+    if let Some(addr) = http {
+        let app = p2pfs_http::peer::router(p2pfs_http::peer::PeerApi {
+            peer: peer.clone(),
+            exit: exit.clone(),
+        });
+        let url = start_http(addr, app, exit.clone()).await?;
+        println!("web UI and API on {url}");
+    }
     if let Some(t) = tracker {
         match peer.connect(t).await {
             Ok(adv) => println!("connected to tracker {t}; other peers reach this peer at {adv}"),
@@ -266,13 +350,18 @@ async fn run_peer(
         println!("not connected: type `connect IP PORT`, or `help`");
     }
     if no_shell {
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = exit.cancelled() => {}
+        }
         peer.shutdown().await;
+        exit.cancel();
         return Ok(ExitCode::SUCCESS);
     }
     let history = dirs_history(peer.repo());
-    let code = peer_shell_session(&peer, None, history).await;
+    let code = peer_shell_session(&peer, None, history, &exit).await;
     peer.shutdown().await;
+    exit.cancel();
     Ok(code)
 }
 
@@ -285,11 +374,12 @@ pub(crate) async fn peer_shell_session(
     peer: &PeerHandle,
     tracker: Option<TrackerHandle>,
     history: Option<PathBuf>,
+    exit: &CancellationToken,
 ) -> ExitCode {
     let (console, rx) = Console::start("peer> ".into(), history);
     let events = tokio::spawn(print_events(peer.clone(), console.clone()));
     let bars = tokio::spawn(draw_progress(peer.clone(), console.clone()));
-    let code = shell_loop(&console, rx, |mut words| {
+    let code = shell_loop(&console, rx, exit, |mut words| {
         let peer = peer.clone();
         let tracker = tracker.clone();
         async move {
@@ -348,11 +438,13 @@ async fn draw_progress(peer: PeerHandle, console: Console) {
     }
 }
 
-/// Reads commands until `exit`, end of input on a terminal, or a signal.
-/// From a pipe, end of input leaves the daemon serving until a signal.
+/// Reads commands until `exit`, end of input on a terminal, a signal, or
+/// `stop` (the HTTP API's exit). From a pipe, end of input leaves the daemon
+/// serving until a signal or `stop`.
 async fn shell_loop<F, Fut>(
     console: &Console,
     mut rx: mpsc::Receiver<Input>,
+    stop: &CancellationToken,
     mut run: F,
 ) -> ExitCode
 where
@@ -364,6 +456,10 @@ where
         let input = tokio::select! {
             i = rx.recv() => i.unwrap_or(Input::Eof),
             () = shutdown_signal() => break,
+            () = stop.cancelled() => {
+                console.print("exit requested from the web UI or API");
+                break;
+            }
         };
         match input {
             Input::Line(line, ack) => {
@@ -388,7 +484,10 @@ where
             Input::Interrupted => console.print("(type `exit` to quit)"),
             Input::Eof if console.interactive() => break,
             Input::Eof => {
-                shutdown_signal().await;
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    () = stop.cancelled() => {}
+                }
                 break;
             }
         }

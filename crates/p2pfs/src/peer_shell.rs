@@ -1,7 +1,6 @@
 //! The peer's shell commands: parse, call [`PeerHandle`], format.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
 use p2pfs_peer::{DownloadState, PeerHandle};
@@ -97,13 +96,10 @@ pub(crate) async fn run_line(peer: &PeerHandle, words: Vec<String>) -> Outcome {
                 Err(e) => Outcome::fail(e.to_string()),
             },
         },
-        Cmd::SetDelay { seconds } => {
-            if !(0.0..=3600.0).contains(&seconds) || !seconds.is_finite() {
-                return Outcome::fail("set_delay takes 0 to 3600 seconds".into());
-            }
-            peer.set_delay(Duration::from_secs_f64(seconds));
-            Outcome::ok(format!("chunk requests are now answered after {seconds} s"))
-        }
+        Cmd::SetDelay { seconds } => match peer.set_delay(seconds) {
+            Ok(_) => Outcome::ok(format!("chunk requests are now answered after {seconds} s")),
+            Err(e) => Outcome::fail(e.to_string()),
+        },
         Cmd::Downloads => Outcome::ok(downloads(peer)),
         Cmd::Cancel { id } => match peer.download(id) {
             Some(d) if !d.snapshot().state.is_finished() => {
