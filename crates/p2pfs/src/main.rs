@@ -4,9 +4,11 @@
 //! - [`console`]: line input (rustyline or a pipe) and output above the prompt.
 //! - [`tracker_shell`] / [`peer_shell`]: the shells' commands.
 //! - [`demo`]: a tracker and three peers in one process.
+//! - [`ctl`]: script-friendly commands sent to a daemon's HTTP API.
 //! - [`fmt`]: tables, sizes, progress lines.
 
 mod console;
+mod ctl;
 mod demo;
 mod fmt;
 mod peer_shell;
@@ -86,6 +88,8 @@ enum Command {
         #[arg(long)]
         no_http: bool,
     },
+    /// Send one command to a running daemon's HTTP API (for scripts)
+    Ctl(ctl::CtlArgs),
 }
 
 /// Where the HTTP API and web UI listen.
@@ -199,9 +203,10 @@ fn init_logging(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = match &cli.command {
-        Command::Tracker { no_shell, .. } | Command::Peer { no_shell, .. } => !*no_shell,
+    let quiet = match cli.command {
+        Command::Tracker { no_shell, .. } | Command::Peer { no_shell, .. } => !no_shell,
         Command::Demo { .. } => true,
+        Command::Ctl(args) => return ctl::run(args),
     };
     init_logging(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -233,6 +238,8 @@ fn main() -> ExitCode {
                 no_shell,
                 no_http,
             } => demo::run(size_mib, no_shell, !no_http).await,
+            // Handled above, without a runtime; kept for completeness.
+            Command::Ctl(args) => Ok(ctl::run(args)),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

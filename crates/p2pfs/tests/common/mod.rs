@@ -1,0 +1,198 @@
+//! Shared by the black-box tests: real `p2pfs` processes (tracker and
+//! peers) on loopback, their shells on pipes, their HTTP APIs on port 0.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A `p2pfs` process with its shell on a pipe.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    name: String,
+    /// The HTTP API's base URL (no trailing slash), when it printed one.
+    pub api: Option<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Result<Proc> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            name: name.into(),
+            api: None,
+        })
+    }
+
+    pub fn tracker() -> Result<(Proc, SocketAddr)> {
+        let mut p = Proc::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0"])?;
+        let line = p.expect("tracker serving on")?;
+        let addr = line.rsplit(' ').next().ok_or("no address")?.parse()?;
+        p.read_api()?;
+        Ok((p, addr))
+    }
+
+    pub fn peer(name: &str, tracker: SocketAddr, repo: &Path) -> Result<(Proc, SocketAddr)> {
+        let t = tracker.to_string();
+        let r = repo.to_string_lossy().to_string();
+        let mut p = Proc::spawn(
+            name,
+            &[
+                "peer",
+                "--tracker",
+                &t,
+                "--listen",
+                "127.0.0.1:0",
+                "--repo",
+                &r,
+            ],
+        )?;
+        let line = p.expect("listening on")?;
+        let addr = line.split(' ').nth(4).ok_or("no address")?.parse()?;
+        p.read_api()?;
+        p.expect("connected to tracker")?;
+        Ok((p, addr))
+    }
+
+    /// Reads the "web UI and API on URL" line into `api`.
+    pub fn read_api(&mut self) -> Result<String> {
+        let line = self.expect("web UI and API on")?;
+        let url = line
+            .rsplit(' ')
+            .next()
+            .ok_or("no URL")?
+            .trim_end_matches('/')
+            .to_string();
+        self.api = Some(url.clone());
+        Ok(url)
+    }
+
+    pub fn send(&mut self, line: &str) -> Result {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn expect(&mut self, needle: &str) -> Result<String> {
+        self.expect_within(needle, WAIT)
+    }
+
+    pub fn expect_within(&mut self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{}: no line with {needle:?} within {limit:?}; saw {:#?}",
+                        self.name, self.seen
+                    )
+                    .into())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "{}: exited before printing {needle:?}; saw {:#?}",
+                        self.name, self.seen
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// Sends a command and returns the output line containing `needle`.
+    pub fn run(&mut self, line: &str, needle: &str) -> Result<String> {
+        self.send(line)?;
+        self.expect(needle)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn random_file(path: &Path, len: usize) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; len];
+    rand::Rng::fill(&mut rand::rng(), &mut data[..]);
+    std::fs::write(path, &data)?;
+    Ok(data)
+}
+
+pub fn quoted(p: &Path) -> String {
+    format!("\"{}\"", p.display())
+}
+
+pub fn ip_port(a: SocketAddr) -> String {
+    format!("{} {}", a.ip(), a.port())
+}
+
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub tracker: Proc,
+    pub taddr: SocketAddr,
+}
+
+impl Net {
+    pub fn new() -> Result<Net> {
+        let (tracker, taddr) = Proc::tracker()?;
+        Ok(Net {
+            dir: tempfile::tempdir()?,
+            tracker,
+            taddr,
+        })
+    }
+
+    pub fn peer(&self, name: &str) -> Result<(Proc, SocketAddr)> {
+        Proc::peer(name, self.taddr, &self.dir.path().join(name))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
