@@ -741,20 +741,19 @@ async fn connect_and_announce(
             }
         }
     }
-    for (cid, h) in inner.store.all() {
+    // Downloads with the manifest: a restarted tracker may not know their
+    // content yet (its publisher may not be back).
+    for (_, h) in inner.store.all() {
         if matches!(h.kind, HoldingKind::Download { .. }) {
-            let indexes: Vec<u32> = h
-                .have
-                .lock()
-                .map(|b| b.ones().collect())
-                .unwrap_or_default();
-            if !indexes.is_empty() {
-                let _ = client
-                    .call(Message::RequestChunkRegister {
-                        content_id: cid,
-                        indexes,
-                    })
-                    .await;
+            let have = h.have.lock().map(|b| b.clone()).unwrap_or_default();
+            if have.count_ones() > 0 {
+                let msg = Message::RequestHave {
+                    manifest: (*h.manifest).clone(),
+                    have,
+                };
+                if let Err(e) = client.call(msg).await {
+                    warn!(error = %e, "re-announcing held chunks failed");
+                }
             }
         }
     }
@@ -770,6 +769,8 @@ async fn keep_alive(inner: Arc<PeerInner>, addr: SocketAddr, token: Cancellation
             _ = interval.tick() => {}
         }
         let Ok(client) = inner.client() else {
+            warn!(tracker = %addr, "lost the tracker connection; reconnecting");
+            inner.emit(PeerEvent::TrackerLost(addr));
             reconnect(&inner, addr, &token).await;
             continue;
         };

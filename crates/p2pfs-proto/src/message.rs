@@ -260,6 +260,22 @@ pub enum Message {
         /// Online holders.
         holders: Vec<Holder>,
     },
+    /// 24: peer → tracker: withdraw this publication (and this peer's
+    /// holding of its content, unless another of its publications has the
+    /// same content). Answered by `Ok`.
+    RequestUnpublish {
+        /// The published name.
+        name: String,
+    },
+    /// 25: peer → tracker: it holds these verified chunks of this content.
+    /// Sent when re-announcing after a (re)connection, so that the tracker
+    /// learns contents whose publisher is not back yet. Answered by `Ok`.
+    RequestHave {
+        /// The content's manifest (its content id is derived from it).
+        manifest: Manifest,
+        /// Held chunks; as many bits as the manifest has chunks.
+        have: Bitfield,
+    },
 }
 
 impl Message {
@@ -290,6 +306,8 @@ impl Message {
             Message::ReplyChunkInfo { .. } => "REPLY_CHUNK_INFO",
             Message::RequestHolders { .. } => "REQUEST_HOLDERS",
             Message::ReplyHolders { .. } => "REPLY_HOLDERS",
+            Message::RequestUnpublish { .. } => "REQUEST_UNPUBLISH",
+            Message::RequestHave { .. } => "REQUEST_HAVE",
         }
     }
 
@@ -330,7 +348,9 @@ impl Message {
                     text(&f.local_path, MAX_PATH_LEN, "local path")
                 })
             }
-            Message::RequestFileLocation { name, .. } => text(name, MAX_NAME_LEN, "name"),
+            Message::RequestFileLocation { name, .. } | Message::RequestUnpublish { name } => {
+                text(name, MAX_NAME_LEN, "name")
+            }
             Message::ReplyFileLocation {
                 name,
                 manifest,
@@ -354,6 +374,18 @@ impl Message {
                 })
             }
             Message::ReplyHolders { holders } => holders_ok(holders),
+            Message::RequestHave { manifest, have } => {
+                manifest.validate()?;
+                have.validate()?;
+                if have.len() != manifest.chunk_count() {
+                    return Err(ProtoError::Limit {
+                        what: "bitfield length",
+                        len: have.len() as usize,
+                        max: manifest.chunk_count() as usize,
+                    });
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -170,6 +170,12 @@ fn message() -> impl Strategy<Value = Message> {
                 }]
             }),
         cid().prop_map(|content_id| Message::RequestHolders { content_id }),
+        name().prop_map(|name| Message::RequestUnpublish { name }),
+        manifest().prop_map(|manifest| {
+            let mut have = Bitfield::new(manifest.chunk_count());
+            have.set(0);
+            Message::RequestHave { manifest, have }
+        }),
         proptest::collection::vec(holder(), 0..4)
             .prop_map(|holders| Message::ReplyHolders { holders }),
     ]

@@ -173,6 +173,25 @@ fn handle_request(
                 .chunk_register(peer, content_id, &indexes)
                 .map_or_else(refusal, |()| Message::Ok),
         },
+        Message::RequestHave { manifest, have } => match *registered {
+            None => Message::error(
+                ErrorCode::NotRegistered,
+                "register before announcing chunks",
+            ),
+            Some(peer) => state
+                .have(peer, manifest, &have)
+                .map_or_else(refusal, |_| Message::Ok),
+        },
+        Message::RequestUnpublish { name } => match *registered {
+            None => Message::error(ErrorCode::NotRegistered, "register before unpublishing"),
+            Some(peer) => match state.unpublish(peer, &name) {
+                Ok(()) => {
+                    info!(peer = %peer.short(), %name, "file withdrawn");
+                    Message::Ok
+                }
+                Err(r) => refusal(r),
+            },
+        },
         Message::Heartbeat => {
             changed = false;
             Message::Ok

@@ -170,6 +170,80 @@ impl State {
         Ok(content_id)
     }
 
+    /// Withdraws `peer_id`'s publication `name`, and its holding of that
+    /// content unless another of its publications has the same content.
+    ///
+    /// # Errors
+    /// `NotFound` when the peer published no such name.
+    pub fn unpublish(&mut self, peer_id: PeerId, name: &str) -> Result<(), Refusal> {
+        let Some(publ) = self.publications.remove(&(name.to_string(), peer_id)) else {
+            return Err((
+                ErrorCode::NotFound,
+                format!("you have not published a file named '{name}'"),
+            ));
+        };
+        let still_published = self
+            .publications
+            .iter()
+            .any(|((_, p), other)| *p == peer_id && other.content_id == publ.content_id);
+        if !still_published {
+            if let Some(content) = self.contents.get_mut(&publ.content_id) {
+                content.holders.remove(&peer_id);
+                if content.holders.is_empty() {
+                    self.contents.remove(&publ.content_id);
+                    let contents = &self.contents;
+                    self.publications
+                        .retain(|_, p| contents.contains_key(&p.content_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `peer_id` holds the chunks in `have` of the content
+    /// described by `manifest`, learning the content if it is new (a
+    /// re-announcement that arrives before the publisher is back).
+    ///
+    /// # Errors
+    /// Unregistered peer, or a bitfield that does not fit the manifest.
+    pub fn have(
+        &mut self,
+        peer_id: PeerId,
+        manifest: Manifest,
+        have: &Bitfield,
+    ) -> Result<ContentId, Refusal> {
+        if !self.peers.contains_key(&peer_id) {
+            return Err((
+                ErrorCode::NotRegistered,
+                "register before announcing chunks".into(),
+            ));
+        }
+        let n = manifest.chunk_count();
+        if have.len() != n {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "the bitfield has {} bits; the file has {n} chunks",
+                    have.len()
+                ),
+            ));
+        }
+        let content_id = manifest.content_id();
+        if have.count_ones() == 0 {
+            return Ok(content_id);
+        }
+        let content = self.contents.entry(content_id).or_insert_with(|| Content {
+            manifest: Arc::new(manifest),
+            holders: HashMap::new(),
+        });
+        content
+            .holders
+            .entry(peer_id)
+            .or_insert_with(|| Bitfield::new(n))
+            .union_with(have);
+        Ok(content_id)
+    }
+
     /// Adds chunks to what `peer_id` holds of `content_id`.
     ///
     /// # Errors
@@ -484,5 +558,52 @@ mod tests {
         assert_eq!(s.files()[0].sources, 2);
         assert_eq!(s.files()[0].seeders, 1);
         assert_eq!(s.holders(&cid).len(), 2);
+    }
+
+    #[test]
+    fn unpublish_withdraws_the_publication_and_the_holding() {
+        let mut s = State::default();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        s.register(a, addr(1), 1);
+        s.register(b, addr(2), 2);
+        let cid = s
+            .publish(a, "f".into(), "/f".into(), manifest(4, 3))
+            .unwrap();
+        s.publish(a, "g".into(), "/g".into(), manifest(4, 3))
+            .unwrap();
+        s.chunk_register(b, cid, &[0]).unwrap();
+        assert_eq!(s.unpublish(b, "f").unwrap_err().0, ErrorCode::NotFound);
+        s.unpublish(a, "f").unwrap();
+        assert_eq!(s.holders(&cid).len(), 2, "still published as g");
+        s.unpublish(a, "g").unwrap();
+        let holders = s.holders(&cid);
+        assert_eq!(holders.len(), 1, "only b's chunk is left");
+        assert_eq!(holders[0].peer_id, b);
+        assert!(s.files().is_empty(), "no publication left");
+        assert!(s
+            .publish(a, "f".into(), "/f".into(), manifest(4, 3))
+            .is_ok());
+    }
+
+    #[test]
+    fn have_teaches_the_tracker_a_content_before_its_publisher_returns() {
+        let mut s = State::default();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        s.register(b, addr(2), 2);
+        let mut have = Bitfield::new(3);
+        have.set(1);
+        assert_eq!(
+            s.have(b, manifest(5, 3), &Bitfield::new(2)).unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+        let cid = s.have(b, manifest(5, 3), &have).unwrap();
+        assert_eq!(s.holders(&cid).len(), 1);
+        assert!(s.files().is_empty(), "not published yet");
+        s.chunk_register(b, cid, &[2]).unwrap();
+        s.register(a, addr(1), 1);
+        s.publish(a, "f".into(), "/f".into(), manifest(5, 3))
+            .unwrap();
+        assert_eq!(s.files()[0].sources, 2);
+        assert_eq!(s.holders(&cid)[1].have.count_ones(), 2);
     }
 }
