@@ -369,7 +369,7 @@ const MAX_CELLS = 2048;
 function renderCells(container, n, valueOf, paint, describe) {
   const bucket = n > MAX_CELLS ? Math.ceil(n / MAX_CELLS) : 1;
   const cells = bucket > 0 ? Math.ceil(n / bucket) : 0;
-  const size = cells <= 48 ? 20 : cells <= 160 ? 16 : cells <= 512 ? 12 : cells <= 1200 ? 9 : 7;
+  const size = cells <= 24 ? 24 : cells <= 64 ? 20 : cells <= 160 ? 16 : cells <= 512 ? 12 : cells <= 1200 ? 9 : 7;
   container.style.setProperty('--cell', `${size}px`);
   container.style.setProperty('--gap', size >= 12 ? '3px' : size >= 9 ? '2px' : '1px');
   while (container.children.length > cells) container.lastChild.remove();
