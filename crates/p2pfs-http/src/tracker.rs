@@ -42,6 +42,8 @@ pub fn openapi() -> OpenApi {
     let (_, mut doc) = routes().split_for_parts();
     doc.info.title = "p2pfs tracker HTTP API".into();
     doc.info.version = crate::VERSION.into();
+    doc.info.contact = None;
+    doc.info.license = Some(utoipa::openapi::License::new("MIT OR Apache-2.0"));
     doc.info.description = Some("See API.md. Errors: {\"error\": {\"code\", \"message\"}}.".into());
     doc
 }

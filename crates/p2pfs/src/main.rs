@@ -48,8 +48,9 @@ enum Command {
         /// Serve at once on this address (otherwise use the shell's `start ip port`)
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<SocketAddr>,
-        /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit` (needs --listen)
-        #[arg(long, requires = "listen")]
+        /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit` (needs
+        /// --listen, or the web UI to start it)
+        #[arg(long)]
         no_shell: bool,
         #[command(flatten)]
         http: HttpArgs,
@@ -282,6 +283,9 @@ async fn run_tracker(
     no_shell: bool,
     http: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
+    if no_shell && listen.is_none() && http.is_none() {
+        anyhow::bail!("--no-shell needs --listen IP:PORT (or the web UI, to start it from there)");
+    }
     let tracker = TrackerHandle::new();
     if let Some(addr) = listen {
         let bound = tracker.start(addr).await?;
