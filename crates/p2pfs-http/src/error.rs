@@ -78,8 +78,8 @@ pub(crate) fn status_for(code: &str) -> StatusCode {
         "not_found" | "unknown_peer" | "no_such_download" | "no_such_route" => {
             StatusCode::NOT_FOUND
         }
-        "not_connected" | "already_started" | "name_taken" | "path_taken" | "own_file"
-        | "destination_exists" | "already_held" | "ambiguous" => StatusCode::CONFLICT,
+        "cannot_resume" | "not_connected" | "already_started" | "name_taken" | "path_taken"
+        | "own_file" | "destination_exists" | "already_held" | "ambiguous" => StatusCode::CONFLICT,
         "tracker_unreachable" | "tracker_refused" | "peer_unreachable" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -62,6 +62,7 @@ fn routes() -> OpenApiRouter<PeerApi> {
         .routes(routes!(downloads))
         .routes(routes!(download))
         .routes(routes!(cancel))
+        .routes(routes!(resume))
         .routes(routes!(events))
         .routes(routes!(exit))
         .routes(routes!(openapi_json))
@@ -480,6 +481,19 @@ async fn cancel(
         // The cancel lands within a scheduler turn; answer with the outcome.
         let _ = tokio::time::timeout(Duration::from_secs(2), d.wait()).await;
     }
+    Ok(Json(DownloadDto::new(&d, false)))
+}
+
+#[utoipa::path(post, path = "/api/downloads/{id}/resume", tag = "peer", request_body = Empty,
+    params(("id" = u64, Path, description = "download id")),
+    responses((status = 200, body = DownloadDto), (status = "4XX", body = ErrorBody)))]
+async fn resume(
+    State(api): State<PeerApi>,
+    Path(id): Path<String>,
+    ApiJson(_empty): ApiJson<Empty>,
+) -> Result<Json<DownloadDto>, ApiError> {
+    let d = find_download(&api.peer, &id)?;
+    let d = api.peer.resume(d.id).await?;
     Ok(Json(DownloadDto::new(&d, false)))
 }
 

@@ -210,8 +210,10 @@ function initPeer(initialStatus) {
         h('p', { class: 'dlmap-note hint', hidden: true })),
       h('div', { class: 'dl-foot' },
         h('span', { class: 'dl-dest mono' }),
-        h('button', { type: 'button', class: 'btn small danger-outline cancel-btn', text: 'Cancel' })));
+        h('button', { type: 'button', class: 'btn small danger-outline cancel-btn', text: 'Cancel' }),
+        h('button', { type: 'button', class: 'btn small resume-btn', text: 'Resume', hidden: true })));
     card.querySelector('.cancel-btn').addEventListener('click', () => cancelDownload(id, card));
+    card.querySelector('.resume-btn').addEventListener('click', () => resumeDownload(id, card));
     return card;
   }
 
@@ -233,8 +235,9 @@ function initPeer(initialStatus) {
     const id = String(d.id);
     const prev = S.downloads.get(id);
     // Snapshots can arrive out of order (the fetch answer after the first
-    // events): never go back from an end state, nor back in time.
-    if (prev && prev.state !== 'running' && d.state === 'running') return;
+    // events): never go back from done, nor back in time. Cancelled and
+    // failed downloads may run again (resume).
+    if (prev && prev.state === 'done' && d.state === 'running') return;
     if (prev && prev.state === d.state && Number(d.elapsed_secs) < Number(prev.elapsed_secs)) return;
     S.downloads.set(id, d);
     let card = S.cards.get(id);
@@ -291,6 +294,7 @@ function initPeer(initialStatus) {
     setText(dest, d.dest || '');
     dest.title = d.dest || '';
     setHidden(card.querySelector('.cancel-btn'), !running);
+    setHidden(card.querySelector('.resume-btn'), d.state !== 'cancelled' && d.state !== 'failed');
   }
 
   function renderHave(id, have, total) {
@@ -350,6 +354,21 @@ function initPeer(initialStatus) {
     } finally {
       btn.disabled = false;
       setText(btn, 'Cancel');
+    }
+  }
+
+  async function resumeDownload(id, card) {
+    const btn = card.querySelector('.resume-btn');
+    btn.disabled = true;
+    setText(btn, 'Resuming…');
+    try {
+      const d = await api(`/api/downloads/${encodeURIComponent(id)}/resume`, { method: 'POST', body: {} });
+      upsertDownload(d);
+    } catch (e) {
+      toast(`Cannot resume: ${errText(e)}`, 'error');
+    } finally {
+      btn.disabled = false;
+      setText(btn, 'Resume');
     }
   }
 

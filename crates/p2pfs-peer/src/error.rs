@@ -80,6 +80,20 @@ pub enum PeerError {
     /// `set_delay` with a value out of range.
     #[error("the delay must be between 0 and {max} seconds, not {0}", max = crate::handle::MAX_DELAY_SECS)]
     BadDelay(f64),
+    /// The repository database failed.
+    #[error("repository database {path}: {why}")]
+    Repository {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// No download with that id.
+    #[error("there is no download #{0}")]
+    NoSuchDownload(u64),
+    /// The download cannot be resumed now.
+    #[error("{0}")]
+    CannotResume(String),
     /// Local IO failed.
     #[error("{context}: {source}")]
     Io {
@@ -109,6 +123,9 @@ impl PeerError {
             PeerError::AlreadyHeld(_) => "already_held",
             PeerError::Refused(_) => "refused",
             PeerError::BadDelay(_) => "bad_delay",
+            PeerError::Repository { .. } => "repository",
+            PeerError::NoSuchDownload(_) => "no_such_download",
+            PeerError::CannotResume(_) => "cannot_resume",
             PeerError::Io { .. } => "io",
         }
     }

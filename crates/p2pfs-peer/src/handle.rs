@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::download::{self, DownloadHandle, DownloadSpec, DownloadState};
 use crate::error::PeerError;
+use crate::repo::{DownloadRow, PublicationRow, Repo, RowState, Stamp};
 use crate::store::{Holding, HoldingKind, Store};
 
 /// The longest artificial delay `set_delay` accepts, in seconds.
@@ -103,14 +104,67 @@ pub(crate) struct PeerInner {
     pub(crate) stats: Stats,
     delay_ms: AtomicU64,
     tracker: Mutex<Option<TrackerLink>>,
-    publications: Mutex<Vec<Publication>>,
+    pub(crate) publications: Mutex<Vec<Publication>>,
     publish_lock: tokio::sync::Mutex<()>,
-    downloads: Mutex<Vec<Arc<DownloadHandle>>>,
-    next_download: AtomicU64,
+    pub(crate) downloads: Mutex<Vec<Arc<DownloadHandle>>>,
+    /// The durable repository.
+    pub(crate) db: Repo,
     events: broadcast::Sender<PeerEvent>,
 }
 
 impl PeerInner {
+    /// Adds a download handle, replacing one with the same id (a resume).
+    pub(crate) fn put_download(&self, handle: Arc<DownloadHandle>) {
+        let mut list = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        match list.iter_mut().find(|d| d.id == handle.id) {
+            Some(slot) => *slot = handle,
+            None => list.push(handle),
+        }
+    }
+
+    /// Drops an unfinished download for good: its part file, its row and
+    /// its handle.
+    pub(crate) fn forget_download(&self, id: u64) {
+        let mut list = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = list.iter().position(|d| d.id == id) {
+            let d = list.remove(pos);
+            let part = part_path(&d.dest);
+            if let Err(e) = std::fs::remove_file(&part) {
+                debug!(path = %part.display(), error = %e, "could not remove an old part file");
+            }
+        }
+        if let Err(e) = self.db.remove_download(id) {
+            warn!(id, error = %e, "could not forget a download");
+        }
+    }
+
+    /// Stops serving a content that changed or vanished on disk: removes
+    /// it from the store, withdraws its publications from the tracker and
+    /// the repository, and says why in the log.
+    pub(crate) async fn withdraw(&self, content_id: ContentId, why: &str) {
+        let Some(holding) = self.store.get(&content_id) else {
+            return;
+        };
+        self.store.remove(&content_id);
+        warn!(path = %holding.path().display(), reason = why, "withdrawn: it is no longer served");
+        let names: Vec<String> = {
+            let mut pubs = self.publications.lock().unwrap_or_else(|e| e.into_inner());
+            let names = pubs
+                .iter()
+                .filter(|p| p.content_id == content_id)
+                .map(|p| p.name.clone())
+                .collect();
+            pubs.retain(|p| p.content_id != content_id);
+            names
+        };
+        for name in names {
+            if let Err(e) = self.db.remove_publication(&name) {
+                warn!(%name, error = %e, "could not remove a withdrawn publication");
+            }
+            self.tracker_send(Message::RequestUnpublish { name }).await;
+        }
+    }
+
     pub(crate) fn delay(&self) -> Duration {
         Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
     }
@@ -164,26 +218,15 @@ pub struct PeerHandle {
     inner: Arc<PeerInner>,
 }
 
-fn load_peer_id(repo: &Path) -> Result<PeerId, PeerError> {
-    let path = repo.join("peer_id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Some(id) = PeerId::from_hex(text.trim()) {
-            return Ok(id);
-        }
-        warn!(path = %path.display(), "peer id file is unreadable; making a new one");
-    }
-    let id = PeerId::random();
-    std::fs::write(&path, format!("{id}\n"))
-        .map_err(PeerError::io(format!("cannot write {}", path.display())))?;
-    Ok(id)
-}
-
 impl PeerHandle {
-    /// Creates the repository if needed, loads the peer id and starts
-    /// listening for chunk requests.
+    /// Creates the repository if needed, opens its database, restores
+    /// publications (withdrawing files that changed on disk) and downloads
+    /// (re-verifying their chunks; unfinished ones resume by themselves),
+    /// and starts listening for chunk requests.
     ///
     /// # Errors
-    /// The repository cannot be created or the address cannot be bound.
+    /// The repository cannot be created or opened, or the address cannot be
+    /// bound.
     pub async fn start(config: PeerConfig) -> Result<Self, PeerError> {
         let repo = config.repo.clone();
         std::fs::create_dir_all(repo.join("downloads")).map_err(PeerError::io(format!(
@@ -193,7 +236,8 @@ impl PeerHandle {
         let repo = repo
             .canonicalize()
             .map_err(PeerError::io(format!("cannot open {}", repo.display())))?;
-        let peer_id = load_peer_id(&repo)?;
+        let db = Repo::open(&repo)?;
+        let peer_id = db.peer_id(&repo.join("peer_id"))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(PeerError::io(format!("cannot listen on {}", config.listen)))?;
@@ -212,9 +256,10 @@ impl PeerHandle {
             publications: Mutex::new(Vec::new()),
             publish_lock: tokio::sync::Mutex::new(()),
             downloads: Mutex::new(Vec::new()),
-            next_download: AtomicU64::new(1),
+            db,
             events: broadcast::channel(256).0,
         });
+        crate::restore::restore(&inner).await;
         info!(addr = %listen, peer = %peer_id.short(), "peer listening");
         tokio::spawn(crate::server::accept_loop(listener, inner.clone()));
         Ok(Self { inner })
@@ -329,12 +374,26 @@ impl PeerHandle {
         }
         self.inner.client()?;
         let file = std::fs::File::open(&abs).map_err(|e| bad(describe_io(&e)))?;
-        let hash_path = abs.clone();
-        let manifest =
-            tokio::task::spawn_blocking(move || crate::hashing::build_manifest(&hash_path))
-                .await
-                .map_err(|e| bad(e.to_string()))?
-                .map_err(|e| bad(describe_io(&e)))?;
+        let stamp = Stamp::of_file(&file).map_err(|e| bad(describe_io(&e)))?;
+        let manifest = match self.inner.db.cached_manifest(&abs, stamp)? {
+            Some(m) => {
+                debug!(path = %abs.display(), "unchanged since it was hashed; using the cached manifest");
+                m
+            }
+            None => {
+                let hash_path = abs.clone();
+                let m =
+                    tokio::task::spawn_blocking(move || crate::hashing::build_manifest(&hash_path))
+                        .await
+                        .map_err(|e| bad(e.to_string()))?
+                        .map_err(|e| bad(describe_io(&e)))?;
+                if Stamp::of_file(&file).ok() != Some(stamp) {
+                    return Err(bad("it changed while it was being hashed; try again".into()));
+                }
+                self.inner.db.cache_manifest(&abs, stamp, &m)?;
+                m
+            }
+        };
         let content_id = manifest.content_id();
         let publication = Publication {
             name: name.to_string(),
@@ -344,15 +403,16 @@ impl PeerHandle {
             chunks: manifest.chunk_count(),
         };
         let manifest = Arc::new(manifest);
-        let holding = Holding {
-            manifest: manifest.clone(),
-            file: Arc::new(file),
-            path: Mutex::new(abs.clone()),
-            have: Mutex::new(Bitfield::full(manifest.chunk_count())),
-            kind: HoldingKind::Published {
+        let holding = Holding::new(
+            manifest.clone(),
+            file,
+            abs.clone(),
+            Bitfield::full(manifest.chunk_count()),
+            HoldingKind::Published {
                 name: name.to_string(),
             },
-        };
+            Some(stamp),
+        );
         // A complete local file beats a download of the same content in progress.
         self.inner.store.insert_complete(content_id, holding);
         let reply = self
@@ -365,6 +425,12 @@ impl PeerHandle {
             .await;
         match reply {
             Ok(_) => {
+                self.inner.db.add_publication(&PublicationRow {
+                    name: name.to_string(),
+                    path: abs.clone(),
+                    content_id,
+                    stamp,
+                })?;
                 self.inner
                     .publications
                     .lock()
@@ -486,14 +552,34 @@ impl PeerHandle {
             ));
         }
         let dest = self.resolve_dest(name, dest)?;
-        let (publisher, content_id, manifest, holders) = match self
+        let located = match self
             .inner
             .call(Message::RequestFileLocation {
                 name: name.to_string(),
                 publisher: from,
             })
-            .await?
+            .await
         {
+            // `from` may be any holder, not only the publisher: then it
+            // only restricts the sources.
+            Err(PeerError::NotFound(why)) if from.is_some() => {
+                let any = self
+                    .inner
+                    .call(Message::RequestFileLocation {
+                        name: name.to_string(),
+                        publisher: None,
+                    })
+                    .await?;
+                let holds = matches!(&any, Message::ReplyFileLocation { holders, .. }
+                    if holders.iter().any(|h| Some(h.addr) == from));
+                if !holds {
+                    return Err(PeerError::NotFound(why));
+                }
+                any
+            }
+            other => other?,
+        };
+        let (publisher, content_id, manifest, holders) = match located {
             Message::ReplyFileLocation {
                 publisher,
                 content_id,
@@ -519,12 +605,27 @@ impl PeerHandle {
                 p.path.display()
             )));
         }
-        self.check_not_held(&content_id)?;
+        if let Some(earlier) = self.check_not_held(&content_id, &dest)? {
+            info!(%name, id = earlier, "resuming the earlier download of this file");
+            return self.resume(earlier).await;
+        }
         let part = part_path(&dest);
         let manifest = Arc::new(manifest);
         let holding = create_part(&part, manifest.clone(), name)?;
+        self.inner.db.put_manifest(&manifest)?;
+        let id = self.inner.db.add_download(&DownloadRow {
+            id: 0,
+            name: name.to_string(),
+            publisher: publisher.to_string(),
+            content_id,
+            dest: dest.clone(),
+            part: part.clone(),
+            only_from: from.map(|a| a.to_string()),
+            state: RowState::Running,
+            error: None,
+            have: Bitfield::new(manifest.chunk_count()),
+        })?;
         let holding = self.inner.store.insert(content_id, holding);
-        let id = self.inner.next_download.fetch_add(1, Ordering::Relaxed);
         let spec = DownloadSpec {
             id,
             name: name.to_string(),
@@ -538,16 +639,60 @@ impl PeerHandle {
             only: from,
         };
         let handle = download::spawn(self.inner.clone(), spec);
-        self.inner
-            .downloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle.clone());
+        self.inner.put_download(handle.clone());
         info!(%name, dest = %dest.display(), "fetch started");
         Ok(handle)
     }
 
-    fn check_not_held(&self, content_id: &ContentId) -> Result<(), PeerError> {
+    /// Resumes a cancelled, failed or interrupted download from its
+    /// verified chunks: only the missing chunks are fetched.
+    ///
+    /// # Errors
+    /// No such download, it is running or complete, its destination exists
+    /// now, or its part file cannot be opened.
+    pub async fn resume(&self, id: u64) -> Result<Arc<DownloadHandle>, PeerError> {
+        let current = self.download(id).ok_or(PeerError::NoSuchDownload(id))?;
+        match current.snapshot().state {
+            DownloadState::Running => {
+                return Err(PeerError::CannotResume(format!(
+                    "download #{id} is running"
+                )))
+            }
+            DownloadState::Done => {
+                return Err(PeerError::CannotResume(format!(
+                    "download #{id} is complete"
+                )))
+            }
+            _ => {}
+        }
+        let row = self
+            .inner
+            .db
+            .downloads()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or(PeerError::NoSuchDownload(id))?;
+        if row.dest.exists() {
+            return Err(PeerError::DestinationExists(row.dest));
+        }
+        let holders = self
+            .inner
+            .refresh_holders(row.content_id)
+            .await
+            .unwrap_or_default();
+        let handle = crate::restore::resume_row(&self.inner, row, holders).await?;
+        info!(id, name = %handle.name, "download resumed");
+        Ok(handle)
+    }
+
+    /// Refuses a fetch of content already held or being fetched. An
+    /// unfinished earlier download of it into the same destination is
+    /// returned (to be resumed); one into another destination is dropped.
+    fn check_not_held(
+        &self,
+        content_id: &ContentId,
+        dest: &Path,
+    ) -> Result<Option<u64>, PeerError> {
         let running = self
             .downloads()
             .into_iter()
@@ -566,10 +711,19 @@ impl PeerHandle {
                     h.path().display()
                 )));
             }
-            // An unfinished earlier attempt: start over.
-            self.inner.store.remove(content_id);
         }
-        Ok(())
+        let earlier = self.downloads().into_iter().rev().find(|d| {
+            d.content_id == *content_id && !matches!(d.snapshot().state, DownloadState::Done)
+        });
+        if let Some(d) = earlier {
+            if d.dest == dest {
+                return Ok(Some(d.id));
+            }
+            // Another destination: start over there.
+            self.inner.forget_download(d.id);
+        }
+        self.inner.store.remove(content_id);
+        Ok(None)
     }
 
     fn resolve_dest(&self, name: &str, dest: Option<&Path>) -> Result<PathBuf, PeerError> {
@@ -649,6 +803,17 @@ fn part_path(dest: &Path) -> PathBuf {
 }
 
 fn create_part(part: &Path, manifest: Arc<Manifest>, name: &str) -> Result<Holding, PeerError> {
+    open_part(part, manifest, name, None)
+}
+
+/// Opens (creating if needed) a part file of the manifest's size. With
+/// `have`, the existing bytes are kept (a resume); without, it starts empty.
+pub(crate) fn open_part(
+    part: &Path,
+    manifest: Arc<Manifest>,
+    name: &str,
+    have: Option<Bitfield>,
+) -> Result<Holding, PeerError> {
     let bad = |e: std::io::Error| PeerError::BadDestination {
         path: part.to_path_buf(),
         why: describe_io(&e),
@@ -657,20 +822,21 @@ fn create_part(part: &Path, manifest: Arc<Manifest>, name: &str) -> Result<Holdi
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(have.is_none())
         .open(part)
         .map_err(bad)?;
     file.set_len(manifest.size).map_err(bad)?;
     let n = manifest.chunk_count();
-    Ok(Holding {
+    Ok(Holding::new(
         manifest,
-        file: Arc::new(file),
-        path: Mutex::new(part.to_path_buf()),
-        have: Mutex::new(Bitfield::new(n)),
-        kind: HoldingKind::Download {
+        file,
+        part.to_path_buf(),
+        have.unwrap_or_else(|| Bitfield::new(n)),
+        HoldingKind::Download {
             name: name.to_string(),
         },
-    })
+        None,
+    ))
 }
 
 /// Words an IO error for users, without a bare "os error N".

@@ -5,6 +5,8 @@
 //! - [`download`]: the download manager (scheduler, sources, progress).
 //! - [`server`]: the listener that serves chunks and pings.
 //! - [`store`]: what this peer holds and may serve.
+//! - [`repo`]: the durable repository (SQLite): peer id, publications,
+//!   manifests, downloads and their verified chunks.
 //! - [`hashing`]: chunking and hashing a file into a manifest.
 //! - [`error`]: [`PeerError`], with stable codes.
 
@@ -12,6 +14,8 @@ pub mod download;
 pub mod error;
 pub mod handle;
 pub mod hashing;
+pub mod repo;
+mod restore;
 pub mod server;
 pub mod store;
 

@@ -106,9 +106,33 @@ async fn read_chunk(
             format!("chunk {index} is not held here yet"),
         ));
     }
-    let read = tokio::task::spawn_blocking(move || holding.read_chunk(index)).await;
+    let gone = || {
+        Message::error(
+            ErrorCode::NotFound,
+            format!("content {} is no longer served here", content_id.short()),
+        )
+    };
+    // Never serve a file that changed under us: check its size and
+    // modification time first, and every chunk's hash after reading.
+    let checked = holding.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        if !checked.unchanged_on_disk() {
+            return Ok::<_, std::io::Error>(Err("the file changed on disk"));
+        }
+        let data = checked.read_chunk(index)?;
+        if checked.verify(index, &data) {
+            Ok(Ok(data))
+        } else {
+            Ok(Err("a chunk read from disk no longer matches its hash"))
+        }
+    })
+    .await;
     match read {
-        Ok(Ok(data)) => Ok(data),
+        Ok(Ok(Ok(data))) => Ok(data),
+        Ok(Ok(Err(why))) => {
+            inner.withdraw(*content_id, why).await;
+            Err(gone())
+        }
         Ok(Err(e)) => {
             warn!(content = %content_id.short(), index, error = %e, "cannot read a chunk we hold");
             Err(Message::error(

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use p2pfs_proto::{Bitfield, ContentId, Manifest};
 
+use crate::repo::Stamp;
+
 /// Why a holding exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HoldingKind {
@@ -43,9 +45,49 @@ pub struct Holding {
     pub have: Mutex<Bitfield>,
     /// Why we hold it.
     pub kind: HoldingKind,
+    /// For a complete file in place (published or fetched): its size and
+    /// modification time, checked before serving; `None` while a download
+    /// writes it.
+    pub stamp: Mutex<Option<Stamp>>,
 }
 
 impl Holding {
+    /// A holding of the open `file` at `path`.
+    pub fn new(
+        manifest: Arc<Manifest>,
+        file: File,
+        path: PathBuf,
+        have: Bitfield,
+        kind: HoldingKind,
+        stamp: Option<Stamp>,
+    ) -> Self {
+        Self {
+            manifest,
+            file: Arc::new(file),
+            path: Mutex::new(path),
+            have: Mutex::new(have),
+            kind,
+            stamp: Mutex::new(stamp),
+        }
+    }
+
+    /// Whether the file in place still has the size and modification time
+    /// it was hashed or completed at (always true while downloading).
+    pub fn unchanged_on_disk(&self) -> bool {
+        let stamp = *self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        match stamp {
+            None => true,
+            Some(s) => Stamp::of(&self.path()).is_ok_and(|now| now == s),
+        }
+    }
+
+    /// Whether `data` is chunk `index` according to the manifest.
+    pub fn verify(&self, index: u32, data: &[u8]) -> bool {
+        self.manifest
+            .chunk_hash(index)
+            .is_some_and(|h| *h == p2pfs_proto::types::hash_chunk(data))
+    }
+
     /// Whether chunk `index` is held.
     pub fn has(&self, index: u32) -> bool {
         self.have.lock().map(|b| b.get(index)).unwrap_or(false)

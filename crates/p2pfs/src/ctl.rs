@@ -93,6 +93,14 @@ enum CtlCommand {
         /// Download id
         id: u64,
     },
+    /// Peer: resume a cancelled, failed or interrupted download
+    Resume {
+        /// Download id
+        id: u64,
+        /// Wait until it is done, with a progress bar; fail if it fails
+        #[arg(long)]
+        wait: bool,
+    },
     /// Peer: published and fetched files
     Repo,
     /// Peer: delay every chunk answer by this many seconds
@@ -319,6 +327,20 @@ fn execute(api: &Api, command: CtlCommand, as_json: bool) -> CtlResult {
             api.post(&format!("/api/downloads/{id}/cancel"), json!({}))?,
             &|v| format!("download #{} is {}", u(&v["id"]), s(&v["state"])),
         ),
+        CtlCommand::Resume { id, wait } => {
+            let v = api.post(&format!("/api/downloads/{id}/resume"), json!({}))?;
+            if wait {
+                return wait_for(api, id, as_json);
+            }
+            show(v, &|v| {
+                format!(
+                    "download #{} resumed: {} of {} chunks already verified",
+                    u(&v["id"]),
+                    u(&v["chunks_done"]),
+                    u(&v["chunks_total"])
+                )
+            })
+        }
         CtlCommand::Repo => show(api.get("/api/repo")?, &repo_text),
         CtlCommand::SetDelay { seconds } => show(
             api.post("/api/delay", json!({ "seconds": seconds }))?,

@@ -46,6 +46,8 @@ enum Cmd {
     Downloads,
     /// Cancel download ID (verified chunks stay on disk)
     Cancel { id: u64 },
+    /// Resume a cancelled, failed or interrupted download ID from its verified chunks
+    Resume { id: u64 },
     /// Wait until every running download has finished (for scripts)
     Wait,
     /// Show this peer's address, tracker and published files
@@ -108,6 +110,16 @@ pub(crate) async fn run_line(peer: &PeerHandle, words: Vec<String>) -> Outcome {
             }
             Some(_) => Outcome::fail(format!("download #{id} has already finished")),
             None => Outcome::fail(format!("no download #{id}; see 'downloads'")),
+        },
+        Cmd::Resume { id } => match peer.resume(id).await {
+            Ok(d) => {
+                let p = d.snapshot();
+                Outcome::ok(format!(
+                    "resuming download #{id} '{}': {} of {} chunks already verified",
+                    d.name, p.chunks_done, p.chunks_total
+                ))
+            }
+            Err(e) => Outcome::fail(e.to_string()),
         },
         Cmd::Wait => {
             let mut failed = false;
@@ -224,7 +236,10 @@ pub(crate) fn ended(peer: &PeerHandle, id: u64, name: &str, state: &DownloadStat
         ),
         DownloadState::Failed(why) => format!("fetch of '{name}' failed: {why}"),
         DownloadState::Cancelled => {
-            format!("fetch of '{name}' cancelled; {} chunks kept", p.chunks_done)
+            format!(
+                "fetch of '{name}' cancelled; {} chunks kept (`resume {id}` continues it)",
+                p.chunks_done
+            )
         }
         DownloadState::Running => String::new(),
     }

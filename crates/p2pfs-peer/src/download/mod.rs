@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::handle::PeerInner;
+use crate::repo::RowState;
 use crate::store::Holding;
 use scheduler::{Scheduler, SourceId};
 use source::SourceEnd;
@@ -183,6 +184,49 @@ pub(crate) struct DownloadSpec {
     pub(crate) only: Option<SocketAddr>,
 }
 
+/// Bytes covered by the chunks set in `have`.
+fn bytes_of(manifest: &Manifest, have: &p2pfs_proto::Bitfield) -> u64 {
+    have.ones()
+        .filter_map(|i| manifest.chunk_range(i))
+        .map(|(_, len)| u64::from(len))
+        .sum()
+}
+
+/// The handle of a download restored from the repository that is not
+/// running (done, failed or cancelled).
+pub(crate) fn finished(
+    row: &crate::repo::DownloadRow,
+    manifest: &Manifest,
+    state: DownloadState,
+    have: p2pfs_proto::Bitfield,
+) -> Arc<DownloadHandle> {
+    let progress = Progress {
+        state,
+        bytes_done: bytes_of(manifest, &have),
+        bytes_total: manifest.size,
+        chunks_done: have.count_ones(),
+        chunks_total: manifest.chunk_count(),
+        rate: 0.0,
+        sources: 0,
+        elapsed: Duration::ZERO,
+        have,
+    };
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    Arc::new(DownloadHandle {
+        id: row.id,
+        name: row.name.clone(),
+        publisher: row
+            .publisher
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        content_id: row.content_id,
+        dest: row.dest.clone(),
+        progress: watch::channel(progress).1,
+        cancel,
+    })
+}
+
 /// Starts the download task; returns its handle at once.
 pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHandle> {
     let have = spec
@@ -191,9 +235,10 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
         .lock()
         .map(|b| b.clone())
         .unwrap_or_default();
+    let resumed_bytes = bytes_of(&spec.manifest, &have);
     let initial = Progress {
         state: DownloadState::Running,
-        bytes_done: 0,
+        bytes_done: resumed_bytes,
         bytes_total: spec.manifest.size,
         chunks_done: have.count_ones(),
         chunks_total: spec.manifest.chunk_count(),
@@ -222,7 +267,7 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
         done: Notify::new(),
         cancel,
         to_register: Mutex::new(Vec::new()),
-        bytes_done: AtomicU64::new(0),
+        bytes_done: AtomicU64::new(resumed_bytes),
         local_error: Mutex::new(None),
     });
     tokio::spawn(async move {
@@ -234,6 +279,17 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
             _ => info!(%name, "download cancelled"),
         }
         shared.cancel.cancel();
+        let have = shared.sched().done().clone();
+        let (row_state, error) = match &state {
+            DownloadState::Running | DownloadState::Done => (RowState::Done, None),
+            // Stopped because the peer shuts down: it resumes at the next start.
+            DownloadState::Cancelled if peer.shutdown.is_cancelled() => (RowState::Running, None),
+            DownloadState::Failed(why) => (RowState::Failed, Some(why.as_str())),
+            DownloadState::Cancelled => (RowState::Cancelled, None),
+        };
+        if let Err(e) = peer.db.set_download_state(id, row_state, error, &have) {
+            warn!(%name, error = %e, "cannot record the end of a download");
+        }
         tx.send_modify(|p| p.state = state.clone());
         peer.emit(crate::handle::PeerEvent::DownloadEnded { id, name, state });
     });
@@ -267,6 +323,7 @@ async fn run(
     let mut last_refresh = Instant::now();
     let mut rate = RateMeter::default();
     let mut unsourced_since: Option<Instant> = None;
+    let mut saved = dl.sched().done().count_ones();
     let result = loop {
         if dl.sched().is_complete() {
             break Ok(());
@@ -286,11 +343,17 @@ async fn run(
                 flush_register(&peer, &dl).await;
                 if last_refresh.elapsed() >= REFRESH_INTERVAL {
                     last_refresh = Instant::now();
-                    if let Some(holders) = peer.refresh_holders(dl.content_id).await {
-                        update_sources(&peer, &dl, &mut sources, &holders, spec.only);
-                    }
+                    // Without the tracker's view (it is away), keep waiting:
+                    // sources cannot be judged gone.
+                    let answered = match peer.refresh_holders(dl.content_id).await {
+                        Some(holders) => {
+                            update_sources(&peer, &dl, &mut sources, &holders, spec.only);
+                            true
+                        }
+                        None => false,
+                    };
                     let missing = dl.sched().missing_without_source();
-                    if missing > 0 && sources.active.is_empty() {
+                    if answered && missing > 0 && sources.active.is_empty() {
                         let since = *unsourced_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= Duration::from_secs(3) {
                             break Err(format!("{missing} of {} chunks have no source left; the verified chunks are kept in {}", dl.manifest.chunk_count(), spec.part.display()));
@@ -305,6 +368,12 @@ async fn run(
                     let s = dl.sched();
                     (s.done().count_ones(), s.done().clone())
                 };
+                if chunks_done != saved {
+                    saved = chunks_done;
+                    if let Err(e) = peer.db.save_have(spec.id, &have) {
+                        warn!(error = %e, "cannot record verified chunks");
+                    }
+                }
                 tx.send_modify(|p| {
                     p.bytes_done = done.min(p.bytes_total).max(p.bytes_done);
                     p.chunks_done = chunks_done;
@@ -466,6 +535,9 @@ async fn finish_file(dl: &DownloadShared, spec: &DownloadSpec) -> Result<(), Str
     .map_err(|e| e.to_string())??;
     if let Ok(mut p) = dl.holding.path.lock() {
         p.clone_from(&spec.dest);
+    }
+    if let Ok(mut s) = dl.holding.stamp.lock() {
+        *s = crate::repo::Stamp::of(&spec.dest).ok();
     }
     Ok(())
 }

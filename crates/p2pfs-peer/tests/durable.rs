@@ -1,0 +1,233 @@
+//! The durable repository, in process with real sockets and files:
+//! publications and downloads survive a restart, an interrupted or
+//! cancelled download resumes from its verified chunks, and a published
+//! file that changes on disk is withdrawn and never served wrong.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use p2pfs_peer::{DownloadState, PeerConfig, PeerHandle};
+use p2pfs_proto::limits::MIN_CHUNK_SIZE;
+use p2pfs_tracker::TrackerHandle;
+use rand::{RngCore, SeedableRng};
+
+const CHUNK: usize = MIN_CHUNK_SIZE as usize;
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("address")
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
+    let p = PeerHandle::start(PeerConfig {
+        repo: repo.to_path_buf(),
+        listen: localhost(),
+    })
+    .await
+    .expect("peer starts");
+    p.connect(tracker).await.expect("peer connects");
+    p
+}
+
+async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not true after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn within<F: std::future::Future>(secs: u64, body: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_and_fetched_files_survive_a_restart() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = TrackerHandle::new();
+        let taddr = tracker.start(localhost()).await.unwrap();
+        let data = random_bytes(3 * CHUNK + 5, 1);
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, &data).unwrap();
+
+        let a = peer(&dir.path().join("a"), taddr).await;
+        let id_before = a.peer_id();
+        a.publish(&path, "a.bin").await.unwrap();
+        let b = peer(&dir.path().join("b"), taddr).await;
+        let d = b.fetch("a.bin", None, None).await.unwrap();
+        assert_eq!(d.wait().await, DownloadState::Done);
+        b.shutdown().await;
+        a.shutdown().await;
+        until(Duration::from_secs(5), "both peers gone", || {
+            tracker.peers().is_empty()
+        })
+        .await;
+        assert!(tracker.files().is_empty());
+
+        // Back with the same repositories: same id, same publication, and
+        // the fetched copy is served again, without any command.
+        let a = peer(&dir.path().join("a"), taddr).await;
+        assert_eq!(a.peer_id(), id_before, "the peer id is stable");
+        assert_eq!(a.publications().len(), 1);
+        assert!(matches!(
+            a.publish(&path, "other.bin").await,
+            Err(p2pfs_peer::PeerError::PathTaken { .. })
+        ));
+        let b = peer(&dir.path().join("b"), taddr).await;
+        let history = b.downloads();
+        assert_eq!(history.len(), 1, "the finished download is remembered");
+        assert_eq!(history[0].snapshot().state, DownloadState::Done);
+        until(
+            Duration::from_secs(5),
+            "a.bin listed with 2 seeders",
+            || {
+                tracker
+                    .files()
+                    .first()
+                    .is_some_and(|f| f.name == "a.bin" && f.seeders == 2)
+            },
+        )
+        .await;
+
+        // A third peer fetches only from the restored copy.
+        let c = peer(&dir.path().join("c"), taddr).await;
+        let d = c.fetch("a.bin", None, Some(b.listen_addr())).await.unwrap();
+        assert_eq!(d.wait().await, DownloadState::Done);
+        assert_eq!(std::fs::read(&d.dest).unwrap(), data);
+        for p in [&a, &b, &c] {
+            p.shutdown().await;
+        }
+        tracker.shutdown();
+    })
+    .await;
+}
+
+/// Fetches half of a slowly served file, stops the downloader (`stop`),
+/// then lets `restart` bring the download back; checks that the seeder
+/// uploaded little more than the file once in all.
+async fn interrupted_download_resumes(cancel_instead_of_restart: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerHandle::new();
+    let taddr = tracker.start(localhost()).await.unwrap();
+    let chunks = 40;
+    let data = random_bytes(chunks * CHUNK, 2);
+    let path = dir.path().join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    let seeder = peer(&dir.path().join("seed"), taddr).await;
+    seeder.publish(&path, "big.bin").await.unwrap();
+    seeder.set_delay(0.02).unwrap();
+
+    let repo = dir.path().join("leech");
+    let leech = peer(&repo, taddr).await;
+    let d = leech.fetch("big.bin", None, None).await.unwrap();
+    let id = d.id;
+    let mut progress = d.progress.clone();
+    let half = chunks as u32 / 2;
+    while progress.borrow_and_update().chunks_done < half {
+        progress.changed().await.unwrap();
+    }
+    let leech = if cancel_instead_of_restart {
+        d.cancel();
+        assert_eq!(d.wait().await, DownloadState::Cancelled);
+        let kept = leech.download(id).unwrap().snapshot().chunks_done;
+        assert!(kept >= half, "verified chunks are kept ({kept})");
+        leech.resume(id).await.unwrap();
+        leech
+    } else {
+        leech.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The download resumes by itself at start-up.
+        peer(&repo, taddr).await
+    };
+    let d = leech.download(id).expect("same download id");
+    let first = d.snapshot().chunks_done;
+    assert!(first >= half - 1, "resumed from {first} verified chunks");
+    assert_eq!(d.wait().await, DownloadState::Done);
+    assert_eq!(std::fs::read(&d.dest).unwrap(), data);
+    let (uploaded, _) = seeder.stats().uploaded();
+    // Requests in flight when stopped may be sent twice, nothing more.
+    assert!(
+        uploaded <= (data.len() + 20 * CHUNK) as u64,
+        "the seeder uploaded {uploaded} bytes for a {}-byte file",
+        data.len()
+    );
+    leech.shutdown().await;
+    seeder.shutdown().await;
+    tracker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_stopped_by_a_restart_resumes_by_itself() {
+    within(60, interrupted_download_resumes(false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_download_resumes_on_request() {
+    within(60, interrupted_download_resumes(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_file_changed_on_disk_is_withdrawn_not_served() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = TrackerHandle::new();
+        let taddr = tracker.start(localhost()).await.unwrap();
+        let a = peer(&dir.path().join("a"), taddr).await;
+        let b = peer(&dir.path().join("b"), taddr).await;
+
+        // Changed in place, same size, modification time put back: only
+        // the hash check on read can tell.
+        let sneaky = dir.path().join("sneaky.bin");
+        std::fs::write(&sneaky, random_bytes(4 * CHUNK, 3)).unwrap();
+        a.publish(&sneaky, "sneaky.bin").await.unwrap();
+        let mtime = std::fs::metadata(&sneaky).unwrap().modified().unwrap();
+        let other = random_bytes(4 * CHUNK, 4);
+        std::fs::write(&sneaky, &other).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&sneaky)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+
+        // Changed visibly: size differs.
+        let grown = dir.path().join("grown.bin");
+        std::fs::write(&grown, random_bytes(2 * CHUNK, 5)).unwrap();
+        a.publish(&grown, "grown.bin").await.unwrap();
+        std::fs::write(&grown, random_bytes(3 * CHUNK, 6)).unwrap();
+
+        for name in ["sneaky.bin", "grown.bin"] {
+            let d = b.fetch(name, None, None).await.unwrap();
+            let state = d.wait().await;
+            assert!(
+                matches!(state, DownloadState::Failed(_)),
+                "{name}: {state:?}"
+            );
+            assert!(!d.dest.exists(), "{name}: nothing wrong lands in place");
+        }
+        until(
+            Duration::from_secs(5),
+            "both withdrawn at the tracker",
+            || tracker.files().is_empty(),
+        )
+        .await;
+        assert!(a.publications().is_empty());
+        // A restart does not bring them back.
+        a.shutdown().await;
+        let a = peer(&dir.path().join("a"), taddr).await;
+        assert!(a.publications().is_empty());
+        a.shutdown().await;
+        b.shutdown().await;
+        tracker.shutdown();
+    })
+    .await;
+}
