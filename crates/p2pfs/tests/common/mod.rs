@@ -56,7 +56,12 @@ impl Proc {
     }
 
     pub fn tracker() -> Result<(Proc, SocketAddr)> {
-        let mut p = Proc::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0"])?;
+        Proc::tracker_at("127.0.0.1:0")
+    }
+
+    /// A tracker serving on `addr` (port 0 picks one).
+    pub fn tracker_at(addr: &str) -> Result<(Proc, SocketAddr)> {
+        let mut p = Proc::spawn("tracker", &["tracker", "--listen", addr])?;
         let line = p.expect("tracker serving on")?;
         let addr = line.rsplit(' ').next().ok_or("no address")?.parse()?;
         p.read_api()?;
@@ -195,4 +200,42 @@ impl Net {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+// ------------------------------------------------------------ HTTP API
+
+use serde_json::Value;
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// Sends a request with a raw body and content type; returns status and JSON.
+pub fn call(method: &str, url: &str, content_type: &str, body: &[u8]) -> Result<(u16, Value)> {
+    let a = agent();
+    let mut resp = match method {
+        "GET" => a.get(url).call()?,
+        "PUT" => a.put(url).header("content-type", content_type).send(body)?,
+        _ => a
+            .post(url)
+            .header("content-type", content_type)
+            .send(body)?,
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{method} {url}: not JSON ({e}): {text:?}"))?;
+    Ok((status, v))
+}
+
+pub fn get(url: &str) -> Result<(u16, Value)> {
+    call("GET", url, "", b"")
+}
+
+pub fn post(url: &str, body: Value) -> Result<(u16, Value)> {
+    call("POST", url, "application/json", body.to_string().as_bytes())
 }
