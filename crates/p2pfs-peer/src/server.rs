@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server};
+use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::IDLE_TIMEOUT;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,12 +19,18 @@ use crate::handle::PeerInner;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections served at once from one IP address (downloaders on one
+/// host use one connection each).
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 
 pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
     let shutdown = inner.shutdown.clone();
     serve_connections(
         listener,
-        MAX_CONNECTIONS,
+        ConnLimits {
+            total: MAX_CONNECTIONS,
+            per_ip: MAX_CONNECTIONS_PER_IP,
+        },
         shutdown,
         move |stream, _remote| {
             let inner = inner.clone();

@@ -350,14 +350,15 @@ async fn rpc_task(
 /// task, logging how it ended. Used by the tracker and the peer listeners.
 pub async fn serve_connections<F, Fut>(
     listener: TcpListener,
-    max: usize,
+    limits: ConnLimits,
     shutdown: CancellationToken,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Result<(), ProtoError>> + Send + 'static,
 {
-    let limit = std::sync::Arc::new(Semaphore::new(max));
+    let limit = std::sync::Arc::new(Semaphore::new(limits.total));
+    let per_ip = PerIp::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -375,10 +376,15 @@ pub async fn serve_connections<F, Fut>(
             tracing::debug!(%remote, "connection limit reached; closing");
             continue;
         };
+        let Some(ip_slot) = per_ip.take(remote.ip(), limits.per_ip) else {
+            tracing::debug!(%remote, "too many connections from this address; closing");
+            continue;
+        };
         let session = handle(stream, remote);
         let token = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             let result = tokio::select! {
                 () = token.cancelled() => Ok(()),
                 r = session => r,
@@ -388,5 +394,94 @@ pub async fn serve_connections<F, Fut>(
                 Err(e) => tracing::debug!(%remote, error = %e, "connection ended"),
             }
         });
+    }
+}
+
+/// How many connections a listener serves at once.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// In total.
+    pub total: usize,
+    /// From one remote IP address.
+    pub per_ip: usize,
+}
+
+/// Open connections per remote IP.
+#[derive(Clone, Default)]
+struct PerIp(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in [`PerIp`]; freed on drop.
+struct IpSlot {
+    map: PerIp,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn per_ip_limit_closes_extra_connections_and_frees_slots() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let limits = ConnLimits {
+            total: 10,
+            per_ip: 2,
+        };
+        tokio::spawn(serve_connections(
+            listener,
+            limits,
+            stop.clone(),
+            |mut s, _| async move {
+                // Hold the connection until the client closes it.
+                let mut buf = [0u8; 1];
+                let _ = s.read(&mut buf).await;
+                Ok(())
+            },
+        ));
+        let a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // The third is accepted by the kernel, then closed by the server.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+            .await
+            .expect("closed quickly")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut d = TcpStream::connect(addr).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(300), d.read(&mut buf)).await;
+        assert!(r.is_err(), "a freed slot takes a new connection");
+        stop.cancel();
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server};
+use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +21,10 @@ use tracing::info;
 use crate::handle::Shared;
 
 /// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 8192;
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Most connections served at once from one IP address (every peer of a
+/// host, or a load generator, connects from the same address).
+pub const MAX_CONNECTIONS_PER_IP: usize = 4096;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -33,7 +36,10 @@ pub(crate) async fn accept_loop(
 ) {
     serve_connections(
         listener,
-        MAX_CONNECTIONS,
+        ConnLimits {
+            total: MAX_CONNECTIONS,
+            per_ip: MAX_CONNECTIONS_PER_IP,
+        },
         shutdown,
         move |stream, remote| {
             let shared = shared.clone();
