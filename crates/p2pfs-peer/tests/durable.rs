@@ -231,3 +231,68 @@ async fn a_published_file_changed_on_disk_is_withdrawn_not_served() {
     })
     .await;
 }
+
+/// Mounts a 1 MiB tmpfs at a fresh folder; `None` without the privilege.
+fn small_disk(dir: &Path) -> Option<std::path::PathBuf> {
+    let mnt = dir.join("small-disk");
+    std::fs::create_dir_all(&mnt).ok()?;
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(mnt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = small_disk(dir.path()) else {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        let tracker = TrackerHandle::new();
+        let taddr = tracker.start(localhost()).await.unwrap();
+        let a = peer(&dir.path().join("a"), taddr).await;
+        let b = peer(&dir.path().join("b"), taddr).await;
+        let big = random_bytes(12 * CHUNK, 7);
+        std::fs::write(dir.path().join("big.bin"), &big).unwrap();
+        let small = random_bytes(2 * CHUNK, 8);
+        std::fs::write(dir.path().join("small.bin"), &small).unwrap();
+        a.publish(&dir.path().join("big.bin"), "big.bin")
+            .await
+            .unwrap();
+        a.publish(&dir.path().join("small.bin"), "small.bin")
+            .await
+            .unwrap();
+
+        // 3 MiB into a 1 MiB disk.
+        let d = b.fetch("big.bin", Some(&mnt), None).await.unwrap();
+        let state = d.wait().await;
+        let DownloadState::Failed(why) = &state else {
+            panic!("expected a failure, got {state:?}");
+        };
+        assert!(why.contains("disk is full"), "{why}");
+        let kept = d.snapshot().chunks_done;
+        assert!(kept > 0, "verified chunks are kept");
+        // Everything else keeps working: another fetch, and serving.
+        let d2 = b.fetch("small.bin", None, None).await.unwrap();
+        assert_eq!(d2.wait().await, DownloadState::Done);
+        assert_eq!(std::fs::read(&d2.dest).unwrap(), small);
+        let c = peer(&dir.path().join("c"), taddr).await;
+        let d3 = c
+            .fetch("small.bin", None, Some(b.listen_addr()))
+            .await
+            .unwrap();
+        assert_eq!(d3.wait().await, DownloadState::Done);
+        for p in [&a, &b, &c] {
+            p.shutdown().await;
+        }
+        tracker.shutdown();
+    })
+    .await;
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    result.expect("test finished in time");
+}

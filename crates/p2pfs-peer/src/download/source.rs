@@ -213,8 +213,9 @@ async fn accept_chunk(
         Err(e) => {
             dl.sched().release(sid, index);
             dl.fail_local(format!(
-                "cannot write to {}: {e}",
-                dl.holding.path().display()
+                "cannot write to {}: {}; the verified chunks are kept (`resume` continues)",
+                dl.holding.path().display(),
+                crate::handle::describe_io(&e)
             ));
             Err(ProtoError::Io(e))
         }
