@@ -31,6 +31,9 @@ pub struct PeerConfig {
     pub repo: PathBuf,
     /// Where to listen for chunk requests (port 0 picks one).
     pub listen: SocketAddr,
+    /// Folders fetched files may be written under (besides the repository's
+    /// downloads folder); empty: anywhere outside the repository's own files.
+    pub allowed_dests: Vec<PathBuf>,
 }
 
 /// A file this peer published.
@@ -99,6 +102,7 @@ pub(crate) struct PeerInner {
     pub(crate) peer_id: PeerId,
     pub(crate) repo: PathBuf,
     pub(crate) listen: SocketAddr,
+    pub(crate) allowed_dests: Vec<PathBuf>,
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Stats,
@@ -244,10 +248,22 @@ impl PeerHandle {
         let listen = listener
             .local_addr()
             .map_err(PeerError::io("cannot read the listen address"))?;
+        let mut allowed_dests = Vec::new();
+        for root in &config.allowed_dests {
+            let abs = root.canonicalize().map_err(PeerError::io(format!(
+                "cannot use {} as a download folder",
+                root.display()
+            )))?;
+            allowed_dests.push(abs);
+        }
+        if !allowed_dests.is_empty() {
+            allowed_dests.push(repo.join("downloads"));
+        }
         let inner = Arc::new(PeerInner {
             peer_id,
             repo,
             listen,
+            allowed_dests,
             store: Store::default(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
@@ -735,17 +751,38 @@ impl PeerHandle {
         if dest.exists() || dest.is_symlink() {
             return Err(PeerError::DestinationExists(dest));
         }
+        let bad = |why: String| PeerError::BadDestination {
+            path: dest.clone(),
+            why,
+        };
+        let Some(file_name) = dest.file_name() else {
+            return Err(bad("it does not name a file".into()));
+        };
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(PeerError::BadDestination {
-                path: dest,
-                why: format!("folder {} does not exist", parent.display()),
-            });
+            return Err(bad(format!("folder {} does not exist", parent.display())));
         }
-        Ok(dest)
+        let parent = parent.canonicalize().map_err(|e| bad(describe_io(&e)))?;
+        let full = parent.join(file_name);
+        let repo = &self.inner.repo;
+        if full.starts_with(repo) && !full.starts_with(repo.join("downloads")) {
+            return Err(bad(format!(
+                "it is inside the repository's own files; use {} or another folder",
+                repo.join("downloads").display()
+            )));
+        }
+        let allowed = &self.inner.allowed_dests;
+        if !allowed.is_empty() && !allowed.iter().any(|root| full.starts_with(root)) {
+            let roots: Vec<String> = allowed.iter().map(|r| r.display().to_string()).collect();
+            return Err(bad(format!(
+                "fetched files may only go under {} (--allow-dest)",
+                roots.join(", ")
+            )));
+        }
+        Ok(full)
     }
 
     /// Tells the tracker this peer leaves, cancels downloads and stops serving.

@@ -28,6 +28,7 @@ async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
     let p = PeerHandle::start(PeerConfig {
         repo: repo.to_path_buf(),
         listen: localhost(),
+        allowed_dests: Vec::new(),
     })
     .await
     .expect("peer starts");
@@ -295,4 +296,55 @@ async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
     .await;
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     result.expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_outside_the_allowed_places_are_refused_untouched() {
+    within(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = TrackerHandle::new();
+        let taddr = tracker.start(localhost()).await.unwrap();
+        let a = peer(&dir.path().join("a"), taddr).await;
+        std::fs::write(dir.path().join("f.bin"), random_bytes(CHUNK, 9)).unwrap();
+        a.publish(&dir.path().join("f.bin"), "f.bin").await.unwrap();
+        let inbox = dir.path().join("inbox");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&inbox).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let b = PeerHandle::start(PeerConfig {
+            repo: dir.path().join("b"),
+            listen: localhost(),
+            allowed_dests: vec![inbox.clone()],
+        })
+        .await
+        .unwrap();
+        b.connect(taddr).await.unwrap();
+        let before: Vec<_> = std::fs::read_dir(dir.path().join("b")).unwrap().collect();
+        for bad in [
+            elsewhere.join("f.bin"),
+            inbox.join("..").join("elsewhere").join("f.bin"),
+            dir.path().join("b").join("p2pfs.db-new"),
+            inbox.join("missing").join(".."),
+        ] {
+            let e = b.fetch("f.bin", Some(&bad), None).await.unwrap_err();
+            assert_eq!(e.code(), "bad_destination", "{}: {e}", bad.display());
+        }
+        assert!(
+            std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+            "nothing written"
+        );
+        let after: Vec<_> = std::fs::read_dir(dir.path().join("b")).unwrap().collect();
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "nothing written in the repository"
+        );
+        let d = b.fetch("f.bin", Some(&inbox), None).await.unwrap();
+        assert_eq!(d.wait().await, DownloadState::Done);
+        assert!(inbox.join("f.bin").exists());
+        a.shutdown().await;
+        b.shutdown().await;
+        tracker.shutdown();
+    })
+    .await;
 }

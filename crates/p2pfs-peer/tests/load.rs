@@ -35,6 +35,7 @@ async fn one_seeder_serves_200_concurrent_downloaders() {
             let p = PeerHandle::start(PeerConfig {
                 repo,
                 listen: localhost(),
+                allowed_dests: Vec::new(),
             })
             .await
             .expect("peer starts");

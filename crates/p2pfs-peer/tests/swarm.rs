@@ -122,6 +122,7 @@ impl Swarm {
         PeerHandle::start(PeerConfig {
             repo,
             listen: localhost(),
+            allowed_dests: Vec::new(),
         })
         .await
         .expect("peer starts")

@@ -40,6 +40,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         let peer = PeerHandle::start(PeerConfig {
             repo: dir.path().join(format!("peer{i}")),
             listen: "127.0.0.1:0".parse()?,
+            allowed_dests: Vec::new(),
         })
         .await?;
         peer.connect(taddr).await?;

@@ -66,9 +66,14 @@ enum Command {
         /// Listen for chunk requests here (port 0 picks a free port)
         #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// Repository folder: peer id and the default download folder
+        /// Repository folder: its database and the default download folder
         #[arg(long, value_name = "DIR", default_value = "p2pfs-repo")]
         repo: PathBuf,
+        /// Only let fetches write under these folders (and the repository's
+        /// downloads folder); repeatable. Default: anywhere but the
+        /// repository's own files
+        #[arg(long, value_name = "DIR")]
+        allow_dest: Vec<PathBuf>,
         /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit`
         #[arg(long)]
         no_shell: bool,
@@ -231,9 +236,17 @@ fn main() -> ExitCode {
                 tracker,
                 listen,
                 repo,
+                allow_dest,
                 no_shell,
                 http,
-            } => run_peer(tracker, listen, repo, no_shell, http.addr()).await,
+            } => {
+                let config = PeerConfig {
+                    repo,
+                    listen,
+                    allowed_dests: allow_dest,
+                };
+                run_peer(tracker, config, no_shell, http.addr()).await
+            }
             Command::Demo {
                 size_mib,
                 no_shell,
@@ -327,13 +340,12 @@ async fn run_tracker(
 
 async fn run_peer(
     tracker: Option<SocketAddr>,
-    listen: SocketAddr,
-    repo: PathBuf,
+    config: PeerConfig,
     no_shell: bool,
     http: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let peer = PeerHandle::start(PeerConfig { repo, listen })
+    let peer = PeerHandle::start(config)
         .await
         .context("cannot start the peer")?;
     println!(
