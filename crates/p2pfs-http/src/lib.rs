@@ -68,17 +68,59 @@ impl HttpServer {
         format!("http://{addr}/")
     }
 
-    /// Serves `app` in the background until `stop` is cancelled.
+    /// Serves `app` in the background until `stop` is cancelled: HTTP/1.1,
+    /// at most [`MAX_CONNECTIONS`] connections at once, and a connection
+    /// that does not send its request headers within
+    /// [`HEADER_TIMEOUT`] is closed (no slow-loris).
     pub fn spawn(self, app: Router, stop: CancellationToken) {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
-            let serve = axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "HTTP server stopped");
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = self.listener.accept() => a,
+                };
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::debug!(%remote, "HTTP connection limit reached; closing");
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT);
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        r = conn => {
+                            if let Err(e) = r {
+                                tracing::debug!(%remote, error = %e, "HTTP connection ended");
+                            }
+                        }
+                        () = stop.cancelled() => {}
+                    }
+                });
             }
         });
     }
 }
+
+/// Most HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Time allowed for a request's headers to arrive.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What both roles' routers share: body limit, JSON 404/405, static UI.
 fn finish(api: Router) -> Router {

@@ -232,3 +232,32 @@ fn slow_and_silent_connections_do_not_hold_up_anyone() -> Result {
     assert_eq!(code, 200);
     Ok(())
 }
+
+#[test]
+fn the_http_api_closes_slow_loris_connections_and_keeps_serving() -> Result {
+    use std::io::Read;
+    let net = Net::new()?;
+    let (a, _) = net.peer("a")?;
+    let base = api(&a)?;
+    let hostport = base.trim_start_matches("http://").to_string();
+    let mut loris = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&hostport)?;
+        s.write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")?;
+        loris.push(s);
+    }
+    let (code, _) = get(&format!("{base}/api/status"))?;
+    assert_eq!(code, 200, "served while slow clients wait");
+    let started = Instant::now();
+    for s in &mut loris {
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "a connection without complete headers is closed");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(20), "closed after {waited:?}");
+    let (code, _) = get(&format!("{base}/api/status"))?;
+    assert_eq!(code, 200);
+    Ok(())
+}
