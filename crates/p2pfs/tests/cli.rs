@@ -256,3 +256,26 @@ fn peer_keeps_serving_after_its_input_ends_and_leaves_on_exit() -> Result {
     net.tracker.run("list_files", &a_addr.to_string())?;
     Ok(())
 }
+
+#[test]
+fn shell_cancel_keeps_chunks_and_resume_finishes() -> Result {
+    let net = Net::new()?;
+    let (mut a, _) = net.peer("a")?;
+    let (mut b, _) = net.peer("b")?;
+    let data = random_file(&net.path("slow.bin"), 40 * 262_144)?;
+    a.run(
+        &format!("publish {} slow.bin", quoted(&net.path("slow.bin"))),
+        "published 'slow.bin'",
+    )?;
+    a.run("set_delay 0.05", "answered after")?;
+    b.run("fetch slow.bin", "fetching 'slow.bin'")?;
+    std::thread::sleep(Duration::from_millis(600));
+    b.run("cancel 1", "cancelling download #1")?;
+    let line = b.expect("cancelled;")?;
+    assert!(line.contains("resume 1"), "{line}");
+    let line = b.run("resume 1", "resuming download #1")?;
+    assert!(line.contains("already verified"), "{line}");
+    b.run("wait", "all downloads finished")?;
+    assert_eq!(std::fs::read(net.path("b/downloads/slow.bin"))?, data);
+    Ok(())
+}
