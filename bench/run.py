@@ -1,0 +1,670 @@
+#!/usr/bin/env python3
+"""p2pfs benchmark suite (issue 6). Python 3 standard library only.
+
+    python3 bench/run.py            # full suite: builds, measures, rewrites the
+                                    # results section of BENCHMARKS.md
+    python3 bench/run.py --quick    # every benchmark once, tiny sizes (CI smoke
+                                    # test: checks that each runs, asserts no timing)
+    python3 bench/run.py --only single,publish --runs 7
+
+Every figure is a median of --runs repetitions (min–max shown) and, where a
+goal is a ratio, the ratio is computed per repetition against a reference
+measured in the same repetition (same run, interleaved order), then
+summarised. See BENCHMARKS.md for what each benchmark does and why.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as H  # noqa: E402
+import swarm as S  # noqa: E402
+import svgplot  # noqa: E402
+
+BENCHES = ["single", "multi", "publish", "many", "swarm", "tracker"]
+
+
+class Ctx:
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.runs = args.runs
+        self.files = {}
+        self.logdir = os.path.join(work, "logs")
+        os.makedirs(self.logdir, exist_ok=True)
+        self.env = dict(os.environ)
+        if args.tunables:
+            self.env["GLIBC_TUNABLES"] = "glibc.cpu.x86_rep_movsb_threshold=2097152"
+        self.seq = 0
+
+    def file(self, size):
+        """A random file of `size` bytes (made once per size)."""
+        if size not in self.files:
+            need = size * 2 + 256 * H.MiB
+            if H.free_bytes(self.work) < need:
+                raise RuntimeError(f"not enough free space in {self.work} for {size} bytes")
+            path = os.path.join(self.work, f"src-{size}")
+            H.log(f"creating {size / H.MiB:.0f} MiB random file")
+            H.make_random_file(path, size)
+            self.files[size] = path
+        return self.files[size]
+
+    def drop_file(self, size):
+        if size in self.files:
+            H.remove(self.files.pop(size))
+
+    def fresh_dir(self, tag):
+        self.seq += 1
+        d = os.path.join(self.work, f"{tag}-{self.seq}")
+        os.makedirs(d)
+        return d
+
+    def prepare_cache(self, src):
+        """The page-cache policy, identical for p2pfs and the references:
+        flush dirty pages of earlier runs, then either drop every cache
+        (--drop-caches: the source is read from disk) or make sure the
+        source is cached (default)."""
+        H.sync()
+        if self.args.drop_caches:
+            H.drop_caches()
+        else:
+            H.warm(src)
+
+
+def rotated(items, i):
+    i %= len(items)
+    return items[i:] + items[:i]
+
+
+def size_label(size):
+    if size >= H.GiB and size % H.GiB == 0:
+        return f"{size // H.GiB} GiB"
+    return f"{size / H.MiB:.0f} MiB"
+
+
+# ---------------------------------------------------------------- references
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def listening(port):
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp",):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[1].endswith(want) and parts[3] == "0A":
+                    return True
+    return False
+
+
+def ref_tcpcopy(ctx, src, dst):
+    recv = H.spawn([H.TCPCOPY, "recv", "127.0.0.1:0", dst], env=ctx.env)
+    line = recv.stdout.readline().strip()
+    addr = line.rsplit(" ", 1)[1]
+    t0 = time.monotonic()
+    H.run([H.TCPCOPY, "send", addr, src], stdout=subprocess.DEVNULL, env=ctx.env)
+    recv.wait()
+    t = time.monotonic() - t0
+    recv.stdout.close()
+    if recv.returncode != 0:
+        raise RuntimeError("tcpcopy recv failed")
+    return t
+
+
+def ref_socat(ctx, src, dst):
+    port = free_port()
+    recv = H.spawn(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                    f"OPEN:{dst},creat,trunc,wronly"], stdout=subprocess.DEVNULL, env=ctx.env)
+    deadline = time.monotonic() + 10
+    while not listening(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("socat did not listen")
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    H.run(["socat", "-u", f"FILE:{src}", f"TCP:127.0.0.1:{port}"], env=ctx.env)
+    recv.wait()
+    t = time.monotonic() - t0
+    if recv.returncode != 0:
+        raise RuntimeError("socat recv failed")
+    return t
+
+
+def ref_cp(ctx, src, dst):
+    t0 = time.monotonic()
+    H.run(["cp", src, dst], env=ctx.env)
+    return time.monotonic() - t0
+
+
+def b3sum_time(ctx, src):
+    t0 = time.monotonic()
+    H.run(["b3sum", "--no-names", src], stdout=subprocess.DEVNULL, env=ctx.env)
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- p2pfs set-ups
+
+def swarm_up(ctx, src, names, downloaders=1, tag="p"):
+    """A tracker, one seeder per name in `names` (each publishes `src` under
+    its name) and `downloaders` fresh peers; returns them once every name is
+    listed at the tracker."""
+    root = ctx.fresh_dir(tag)
+    tracker = H.start_tracker(root, env=ctx.env)
+    seeders = [H.start_peer(root, f"seed{i}", tracker.addr, os.path.join(root, f"seed{i}"),
+                            env=ctx.env, wait=False) for i in range(len(names))]
+    dls = [H.start_peer(root, f"dl{i}", tracker.addr, os.path.join(root, f"dl{i}"),
+                        env=ctx.env, wait=False) for i in range(downloaders)]
+    for p in seeders + dls:
+        H.peer_ready(p)
+
+    def pub(p, name):
+        H.publish(p, src, name)
+    ts = [threading.Thread(target=pub, args=(p, n)) for p, n in zip(seeders, names)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for n in names:
+        H.wait_listed(tracker, n, sources=len(names))
+    return root, tracker, seeders, dls
+
+
+def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1):
+    names = [f"f{i}" for i in range(n_seeders)]
+    root, tracker, seeders, (dl,) = swarm_up(ctx, src, names)
+    try:
+        ctx.prepare_cache(src)
+        wall, end = H.timed_fetch(dl, names[0], dst)
+        if os.path.getsize(dst) != size:
+            raise RuntimeError("p2pfs: destination has the wrong size")
+        mem_dl = dl.mem()
+        mem_seed = [s.mem() for s in seeders]
+        up = [H.http_json(s.api, "GET", "/api/status")["uploaded_bytes"] for s in seeders]
+        return {"wall": wall, "api": end["elapsed_secs"], "hwm_dl": mem_dl["VmHWM"],
+                "hwm_seed": max(m["VmHWM"] for m in mem_seed), "uploaded": up,
+                "sources": end.get("sources")}
+    finally:
+        H.stop_all(seeders + [dl, tracker])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+def bench_single(ctx):
+    sizes = [32 * H.MiB] if ctx.args.quick else [H.GiB, 5 * H.GiB]
+    out = {}
+    for size in sizes:
+        src = ctx.file(size)
+        dst = os.path.join(ctx.work, "dst")
+        rec = {k: [] for k in ("tcpcopy", "socat", "cp", "p2pfs", "p2pfs_api", "hwm_dl",
+                               "hwm_seed", "ratio_tcp", "ratio_socat", "ratio_cp")}
+        methods = ["p2pfs", "tcpcopy", "socat", "cp"]
+        if not shutil.which("socat"):
+            methods.remove("socat")
+        for i in range(ctx.runs):
+            got = {}
+            for m in rotated(methods, i):
+                H.remove(dst)
+                H.remove(dst + ".part")
+                if m == "p2pfs":
+                    r = p2pfs_fetch_once(ctx, src, size, dst)
+                    got["p2pfs"] = r["wall"]
+                    rec["p2pfs_api"].append(r["api"])
+                    rec["hwm_dl"].append(r["hwm_dl"])
+                    rec["hwm_seed"].append(r["hwm_seed"])
+                else:
+                    ctx.prepare_cache(src)
+                    fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
+                    got[m] = fn(ctx, src, dst)
+                    if os.path.getsize(dst) != size:
+                        raise RuntimeError(f"{m}: destination has the wrong size")
+            for k, v in got.items():
+                rec[k].append(v)
+            rec["ratio_tcp"].append(got["tcpcopy"] / got["p2pfs"])
+            if "socat" in got:
+                rec["ratio_socat"].append(got["socat"] / got["p2pfs"])
+            rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
+            H.log(f"single {size_label(size)} run {i + 1}: " +
+                  ", ".join(f"{k} {v:.3f}s" for k, v in got.items()))
+        H.remove(dst)
+        out[size_label(size)] = {"size": size, **{k: H.summary(v) for k, v in rec.items()}}
+        if size > H.GiB:
+            ctx.drop_file(size)
+    return out
+
+
+def bench_multi(ctx):
+    size = 32 * H.MiB if ctx.args.quick else H.GiB
+    n = 4
+    src = ctx.file(size)
+    dst = os.path.join(ctx.work, "dst")
+    rec = {k: [] for k in ("multi", "single", "ratio", "max_share", "min_share", "sources")}
+    splits = []
+    for i in range(ctx.runs):
+        got = {}
+        for m in rotated(["multi", "single"], i):
+            H.remove(dst)
+            r = p2pfs_fetch_once(ctx, src, size, dst, n_seeders=n if m == "multi" else 1)
+            got[m] = r["wall"]
+            if m == "multi":
+                up = r["uploaded"]
+                even = size / n
+                splits.append(up)
+                rec["max_share"].append(max(up) / even)
+                rec["min_share"].append(min(up) / even)
+        rec["multi"].append(got["multi"])
+        rec["single"].append(got["single"])
+        rec["ratio"].append(got["multi"] / got["single"])
+        H.log(f"multi run {i + 1}: 4 sources {got['multi']:.3f}s, 1 source "
+              f"{got['single']:.3f}s, uploads {[round(u / H.MiB) for u in splits[-1]]} MiB")
+    H.remove(dst)
+    res = {k: H.summary(v) for k, v in rec.items() if k != "sources"}
+    res["size"] = size
+    res["splits_mib"] = [[round(u / H.MiB, 1) for u in s] for s in splits]
+    return res
+
+
+def bench_publish(ctx):
+    size = 32 * H.MiB if ctx.args.quick else H.GiB
+    src = ctx.file(size)
+    rec = {k: [] for k in ("publish", "b3sum", "ratio", "republish", "hwm_pub")}
+    for i in range(ctx.runs):
+        got = {}
+        for m in rotated(["publish", "b3sum"], i):
+            ctx.prepare_cache(src)
+            if m == "b3sum":
+                got["b3sum"] = b3sum_time(ctx, src)
+                continue
+            root = ctx.fresh_dir("pub")
+            repo = os.path.join(root, "repo")
+            tracker = H.start_tracker(root, env=ctx.env)
+            peer = H.start_peer(root, "peer", tracker.addr, repo, env=ctx.env)
+            try:
+                t0 = time.monotonic()
+                H.publish(peer, src, "f")
+                t1, _ = H.wait_listed(tracker, "f")
+                got["publish"] = t1 - t0
+                rec["hwm_pub"].append(peer.mem()["VmHWM"])
+                # Re-publish the unchanged file: the peer exits and a new
+                # process starts on the same repository. The peer re-publishes
+                # unchanged files from its SQLite repository by itself (same
+                # size and mtime: no re-hash), so this is the time from
+                # starting the process to the name listed at the tracker
+                # (process start and tracker connection included).
+                H.stop_all([peer])
+                deadline = time.monotonic() + 10
+                while H.http_json(tracker.api, "GET", "/api/files")["files"]:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("old publication still listed")
+                    time.sleep(0.01)
+                ctx.prepare_cache(src)
+                t0 = time.monotonic()
+                peer = H.start_peer(root, "peer2", tracker.addr, repo, env=ctx.env)
+                t1, _ = H.wait_listed(tracker, "f", timeout=60)
+                got["republish"] = t1 - t0
+            finally:
+                H.stop_all([peer, tracker])
+                shutil.rmtree(root, ignore_errors=True)
+        for k, v in got.items():
+            rec[k].append(v)
+        rec["ratio"].append(got["publish"] / got["b3sum"])
+        H.log(f"publish run {i + 1}: " + ", ".join(f"{k} {v:.3f}s" for k, v in got.items()))
+    res = {k: H.summary(v) for k, v in rec.items()}
+    res["size"] = size
+    return res
+
+
+def bench_many(ctx):
+    k = ctx.args.many if not ctx.args.quick else 4
+    size = 64 * H.MiB if not ctx.args.quick else 8 * H.MiB
+    src = ctx.file(size)
+    need = (k + 2) * size + 512 * H.MiB
+    if H.free_bytes(ctx.work) < need:
+        raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
+    rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
+                             "hwm_dl_max", "rss_sum")}
+    for i in range(ctx.runs):
+        t_up = time.monotonic()
+        root, tracker, (seed,), dls = swarm_up(ctx, src, ["f"], downloaders=k + 1, tag="many")
+        startup = time.monotonic() - t_up
+        try:
+            ctx.prepare_cache(src)
+            # Single stream, same seeder, same run: one extra downloader.
+            single, _ = H.timed_fetch(dls[0], "f", os.path.join(root, "single"))
+            H.remove(os.path.join(root, "single"))
+            H.sync()
+            # Wait until the tracker no longer lists that downloader as the
+            # only other source? It legitimately holds the file now; stop it
+            # so the 200 fetch from the seeder and each other only.
+            H.stop_all([dls[0]])
+            dls = dls[1:]
+            watchers = [H.EndWatcher(d.api) for d in dls]
+            barrier = threading.Barrier(len(dls) + 1)
+            ids = [None] * len(dls)
+            errs = []
+
+            def go(j):
+                barrier.wait()
+                try:
+                    ids[j] = H.start_fetch(dls[j], "f", os.path.join(root, f"out{j}"))["id"]
+                except Exception as e:  # noqa: BLE001
+                    errs.append(e)
+            ts = [threading.Thread(target=go, args=(j,)) for j in range(len(dls))]
+            for t in ts:
+                t.start()
+            t0 = time.monotonic()
+            barrier.wait()
+            for t in ts:
+                t.join()
+            if errs:
+                raise errs[0]
+            ends = []
+            for w, dl_id in zip(watchers, ids):
+                t, end = w.wait(dl_id, max(1, ctx.args.many_timeout - (time.monotonic() - t0)))
+                if end["state"] != "done":
+                    raise RuntimeError(f"many: a download ended {end['state']}: {end['error']}")
+                ends.append(t - t0)
+            mems = [d.mem() for d in dls]
+            seed_mem = seed.mem()
+            for w in watchers:
+                w.close()
+            total = max(ends)
+            rec["total"].append(total)
+            rec["single"].append(single)
+            rec["ratio"].append(total / (len(dls) * single))
+            rec["median_dl"].append(statistics.median(ends))
+            rec["startup"].append(startup)
+            rec["hwm_seed"].append(seed_mem["VmHWM"])
+            rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
+            rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
+            H.log(f"many run {i + 1}: {len(dls)} downloaders total {total:.2f}s, single "
+                  f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}")
+        finally:
+            H.stop_all([seed, tracker] + dls)
+            shutil.rmtree(root, ignore_errors=True)
+            H.sync()
+    res = {k_: H.summary(v) for k_, v in rec.items()}
+    res["size"] = size
+    res["downloaders"] = k
+    return res
+
+
+def bench_swarm(ctx):
+    ok, why = S.available()
+    if not ok:
+        H.log(f"swarm: skipped ({why})")
+        return {"skipped": why}
+    ns_list = [2] if ctx.args.quick else ctx.args.swarm_n
+    size = 4 * H.MiB if ctx.args.quick else 64 * H.MiB
+    rate = ctx.args.swarm_rate
+    src = ctx.file(size)
+    net = S.Net(max(ns_list) + 1, rate_mbit=rate)
+    out = {}
+    try:
+        net.up()
+        for n in ns_list:
+            rec = {k: [] for k in ("median", "last", "ratio_median", "ratio_last")}
+            curves = []
+            bound = S.bound(size, n, rate)
+            for i in range(ctx.runs):
+                times = S.run_once(ctx, net, src, size, n)
+                med, last = statistics.median(times), max(times)
+                rec["median"].append(med)
+                rec["last"].append(last)
+                rec["ratio_median"].append(med / bound["D"])
+                rec["ratio_last"].append(last / bound["D"])
+                curves.append(sorted(times))
+                H.log(f"swarm N={n} run {i + 1}: median {med:.2f}s last {last:.2f}s "
+                      f"(bound {bound['D']:.2f}s)")
+            out[str(n)] = {**{k: H.summary(v) for k, v in rec.items()}, **bound,
+                           "curves": curves}
+    finally:
+        net.down()
+    out["size"] = size
+    out["rate_mbit"] = rate
+    return out
+
+
+def bench_tracker(ctx):
+    """Benchmark 6 (tracker under load) is not implemented yet: it needs a
+    load generator speaking the tracker protocol (a `trackerload` binary in
+    crates/p2pfs-bench using p2pfs-proto). Reported as not done."""
+    return {"skipped": "not implemented yet (needs a p2pfs-proto load generator)"}
+
+
+# ---------------------------------------------------------------- report
+
+def machine_info(ctx):
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    model = sh("lscpu | sed -n 's/^Model name: *//p'")
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "glibc": " ".join(platform.libc_ver()),
+        "memory": sh("free -h | awk '/^Mem:/{print $2}'"),
+        "disk": sh(f"df -hT {ctx.work} | awk 'NR==2{{print $1\" \"$2\", \"$3\" total, \"$5\" free\"}}'"),
+        "rotational": sh(f"d=$(basename $(df --output=source {ctx.work} | tail -1)); "
+                         "p=$(lsblk -no pkname /dev/$d 2>/dev/null); "
+                         "cat /sys/block/${p:-$d}/queue/rotational 2>/dev/null"),
+        "GLIBC_TUNABLES": ctx.env.get("GLIBC_TUNABLES", "(not set)"),
+        "rustc": sh("rustc --version"),
+        "page_cache": "dropped before each measurement" if ctx.args.drop_caches else
+                      "warm: source in the page cache, dirty pages flushed before each measurement",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_before": sh("cat /proc/loadavg"),
+        "commit": sh(f"git -C {H.REPO} rev-parse --short HEAD"),
+        "worktree": "dirty (uncommitted changes in crates/)" if sh(
+            f"git -C {H.REPO} status --porcelain --untracked-files=no -- crates") else "clean",
+    }
+
+
+def mib_s(size, secs):
+    return size / H.MiB / secs
+
+
+def table(results):
+    """Markdown results table: figure, median (min–max), goal, met."""
+    rows = []
+
+    def row(bench, what, val, goal="", met=""):
+        rows.append(f"| {bench} | {what} | {val} | {goal} | {met} |")
+
+    def met(s, ok):
+        if s.get("median") is None:
+            return "n/a"
+        return "yes" if ok(s["median"]) else "**no**"
+
+    fs = H.fmt_s
+    r = results.get("single")
+    if r:
+        for label, x in r.items():
+            b = f"1. single source, {label}"
+            size = x["size"]
+            for k in ("p2pfs", "tcpcopy", "socat", "cp"):
+                if x[k]["n"]:
+                    thr = H.summary([mib_s(size, v) for v in x[k]["values"]])
+                    row(b, f"{k} time, s (MiB/s)", f"{fs(x[k])} ({thr['median']:.0f})")
+            row(b, "p2pfs `elapsed_secs` from the API, s", fs(x["p2pfs_api"]))
+            row(b, "**p2pfs / raw TCP (tcpcopy) throughput**", fs(x["ratio_tcp"]), "≥ 0.9",
+                met(x["ratio_tcp"], lambda v: v >= 0.9))
+            if x["ratio_socat"]["n"]:
+                row(b, "p2pfs / socat throughput", fs(x["ratio_socat"]))
+            row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))
+            mb = {k: H.summary([v / H.MiB for v in x[k]["values"]]) for k in ("hwm_dl", "hwm_seed")}
+            row(f"5. memory, {label}", "downloader peak RSS (VmHWM), MiB", fs(mb["hwm_dl"]),
+                "≤ 32", met(mb["hwm_dl"], lambda v: v <= 32))
+            row(f"5. memory, {label}", "seeder peak RSS (VmHWM, includes publish), MiB",
+                fs(mb["hwm_seed"]), "≤ 32", met(mb["hwm_seed"], lambda v: v <= 32))
+    r = results.get("multi")
+    if r:
+        b = f"2. multi source, {size_label(r['size'])}"
+        row(b, "4 seeders, time s", fs(r["multi"]))
+        row(b, "1 seeder (same run), time s", fs(r["single"]))
+        row(b, "**4-source / 1-source time**", fs(r["ratio"]), "≤ 1.0",
+            met(r["ratio"], lambda v: v <= 1.0))
+        row(b, "busiest seeder's upload / even share", fs(r["max_share"]), "≤ 2",
+            met(r["max_share"], lambda v: v <= 2))
+        row(b, "idlest seeder's upload / even share", fs(r["min_share"]), "≥ 0.5",
+            met(r["min_share"], lambda v: v >= 0.5))
+    r = results.get("publish")
+    if r:
+        b = f"4. publish, {size_label(r['size'])}"
+        row(b, "publish → listed at tracker, s", fs(r["publish"]))
+        row(b, "b3sum, s", fs(r["b3sum"]))
+        row(b, "**publish / b3sum**", fs(r["ratio"]), "≤ 1.3", met(r["ratio"], lambda v: v <= 1.3))
+        rp = H.summary([v * 1000 for v in r["republish"]["values"]])
+        row(b, "re-publish unchanged file: new process on the same repo → listed, ms", fs(rp), "< 50",
+            met(rp, lambda v: v < 50))
+    r = results.get("many")
+    if r:
+        b = f"7. many downloaders ({r['downloaders']} × {size_label(r['size'])})"
+        row(b, "all done, s", fs(r["total"]))
+        row(b, "median downloader done, s", fs(r["median_dl"]))
+        row(b, "one downloader alone (same seeder, same run), s", fs(r["single"]))
+        row(b, f"**total / ({r['downloaders']} × single)**", fs(r["ratio"]), "≤ 1.0",
+            met(r["ratio"], lambda v: v <= 1.0))
+        mb = H.summary([v / H.MiB for v in r["hwm_seed"]["values"]])
+        row(b, "seeder peak RSS, MiB", fs(mb))
+        mb = H.summary([v / H.MiB for v in r["hwm_dl_max"]["values"]])
+        row(b, "largest downloader peak RSS, MiB", fs(mb))
+    r = results.get("swarm")
+    if r and "skipped" not in r:
+        for n in [k for k in r if k.isdigit()]:
+            x = r[n]
+            b = f"3. swarm N={n}, {size_label(r['size'])}, {r['rate_mbit']} Mbit/s up"
+            row(b, "bound D, s (client-server N·F/u_s, s)",
+                f"{x['D']:.1f} ({x['client_server']:.1f})")
+            row(b, "median leecher done, s", fs(x["median"]))
+            row(b, "last leecher done, s", fs(x["last"]))
+            row(b, "**median / D**", fs(x["ratio_median"]), "≤ 1.05",
+                met(x["ratio_median"], lambda v: v <= 1.05))
+            row(b, "**last / D**", fs(x["ratio_last"]), "≤ 1.15",
+                met(x["ratio_last"], lambda v: v <= 1.15))
+    elif r:
+        row("3. swarm", "skipped", r["skipped"])
+    r = results.get("tracker")
+    if r:
+        row("6. tracker under load", "not measured", r["skipped"], "≥ 200,000 req/s, p99 < 5 ms")
+    head = ["| benchmark | figure | median (min–max) | goal | met |",
+            "|---|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
+def update_doc(path, block):
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    if not os.path.exists(path):
+        return False
+    text = open(path).read()
+    if begin not in text or end not in text:
+        return False
+    a = text.index(begin) + len(begin)
+    b = text.index(end)
+    open(path, "w").write(text[:a] + "\n" + block + "\n" + text[b:])
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes, one repetition: checks that every benchmark runs")
+    ap.add_argument("--only", default=",".join(BENCHES),
+                    help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--runs", type=int, default=None, help="repetitions (default 5; quick 1)")
+    ap.add_argument("--workdir", default="/tmp", help="where the temporary files go")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before every measurement (root)")
+    ap.add_argument("--tunables", action="store_true",
+                    help="run everything with GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold"
+                         "=2097152 (the memcpy alignment trap of CRATES.md)")
+    ap.add_argument("--many", type=int, default=50,
+                    help="downloaders for benchmark 7 (the issue asks 200; 200 peer processes "
+                         "choke this 2-core machine, see BENCHMARKS.md)")
+    ap.add_argument("--many-timeout", type=float, default=300,
+                    help="give up on a benchmark 7 repetition after this many seconds")
+    ap.add_argument("--swarm-n", default="8,16,32", help="leecher counts for benchmark 3")
+    ap.add_argument("--swarm-rate", type=int, default=20, help="upload Mbit/s per host")
+    ap.add_argument("--results", default=None,
+                    help="results folder (default bench/results, quick: a temp folder)")
+    ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = ap.parse_args()
+    args.runs = args.runs or (1 if args.quick else 5)
+    args.swarm_n = [int(x) for x in args.swarm_n.split(",")]
+    selected = [b for b in args.only.split(",") if b]
+    for b in selected:
+        if b not in BENCHES:
+            ap.error(f"unknown benchmark {b}")
+
+    if not args.no_build:
+        H.log("cargo build --release -p p2pfs -p p2pfs-bench")
+        H.run(["cargo", "build", "--release", "-p", "p2pfs", "-p", "p2pfs-bench"], cwd=H.REPO)
+    work = tempfile.mkdtemp(prefix="p2pfs-bench-", dir=args.workdir)
+    H.CLEANUP.add(lambda: shutil.rmtree(work, ignore_errors=True))
+    ctx = Ctx(args, work)
+    results_dir = args.results or (os.path.join(work, "results") if args.quick else
+                                   os.path.join(H.REPO, "bench", "results"))
+    os.makedirs(results_dir, exist_ok=True)
+    info = machine_info(ctx)
+    H.log(f"machine: {info}")
+    results = {"machine": info, "args": vars(args)}
+    fns = {"single": bench_single, "multi": bench_multi, "publish": bench_publish,
+           "many": bench_many, "swarm": bench_swarm, "tracker": bench_tracker}
+    failed = []
+    for b in BENCHES:
+        if b not in selected:
+            continue
+        H.log(f"== {b}")
+        t0 = time.monotonic()
+        try:
+            results[b] = fns[b](ctx)
+        except Exception as e:  # noqa: BLE001 - report, go on with the others
+            H.log(f"{b} FAILED: {e!r}")
+            failed.append(b)
+            results[b + "_error"] = repr(e)
+        H.log(f"== {b} took {time.monotonic() - t0:.0f} s")
+        H.CLEANUP.kill_procs()
+    md = table(results)
+    with open(os.path.join(results_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(results_dir, "results.md"), "w") as f:
+        f.write(md + "\n")
+    if "swarm" in results and "skipped" not in results["swarm"]:
+        svgplot.swarm_plot(results["swarm"], os.path.join(results_dir, "swarm.svg"))
+    print(md)
+    if not args.quick and not args.no_doc and not failed:
+        block = (f"Run of {info['date']} (`python3 bench/run.py "
+                 f"{' '.join(sys.argv[1:])}`) on commit {info['commit']} "
+                 f"(work tree {info['worktree']}).\n\n"
+                 + md)
+        if update_doc(os.path.join(H.REPO, "BENCHMARKS.md"), block):
+            H.log("BENCHMARKS.md results section updated")
+    H.log(f"results in {results_dir}")
+    if failed:
+        H.log(f"FAILED: {failed}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
