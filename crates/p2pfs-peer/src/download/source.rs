@@ -36,6 +36,9 @@ pub(crate) const QUEUE_SECONDS: f64 = 1.0;
 pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bad chunks after which a source is dropped.
 pub(crate) const MAX_STRIKES: u32 = 2;
+/// Chunks of one source being verified and written while the next ones are
+/// received (receiving and hashing overlap on different cores).
+pub(crate) const MAX_VERIFYING: usize = 4;
 
 /// How a source task ended.
 #[derive(Debug)]
@@ -85,6 +88,7 @@ async fn source_impl(
     let mut rate_start = Instant::now();
     let mut rate_bytes: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut verifying = futures::stream::FuturesUnordered::new();
     loop {
         if dl.sched().is_complete() {
             return Ok(SourceEnd::Finished);
@@ -131,7 +135,17 @@ async fn source_impl(
                     rate_bytes = 0;
                 }
             }
-            frame = reader.next() => {
+            Some((index, accepted)) = verifying.next(), if !verifying.is_empty() => {
+                let accepted: Result<bool, ProtoError> = accepted;
+                if !accepted? {
+                    strikes += 1;
+                    warn!(%addr, chunk = index, strikes, "source sent a chunk that does not match the manifest");
+                    if strikes >= MAX_STRIKES {
+                        return Ok(SourceEnd::BadData);
+                    }
+                }
+            }
+            frame = reader.next(), if verifying.len() < MAX_VERIFYING => {
                 let frame = match frame {
                     None => return Err(ProtoError::Closed),
                     Some(f) => f?,
@@ -144,13 +158,7 @@ async fn source_impl(
                             return Err(ProtoError::Unexpected("chunk for another request"));
                         }
                         rate_bytes += data.len() as u64;
-                        if !accept_chunk(dl, sid, index, data).await? {
-                            strikes += 1;
-                            warn!(%addr, chunk = index, strikes, "source sent a chunk that does not match the manifest");
-                            if strikes >= MAX_STRIKES {
-                                return Ok(SourceEnd::BadData);
-                            }
-                        }
+                        verifying.push(async move { (index, accept_chunk(dl, sid, index, data).await) });
                     }
                     Frame::Control { id, msg } => {
                         let Some(p) = pending.remove(&id) else { continue };
