@@ -40,50 +40,81 @@ pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
     .await;
 }
 
+/// Requests of one connection read from disk ahead of the reply being sent
+/// (replies still go out in request order).
+pub const READ_AHEAD: usize = 4;
+
+/// A reply ready to send.
+enum Reply {
+    Control(u32, Message),
+    Chunk(u32, p2pfs_proto::ContentId, u32, Vec<u8>),
+}
+
+type PendingReply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'a>>;
+
 async fn serve(mut stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
     stream.set_nodelay(true)?;
     let _role = exchange_hello(&mut stream, Role::Peer).await?;
     let (mut reader, mut writer) = split_server(stream);
+    let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
+        futures::stream::FuturesOrdered::new();
     loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, reader.next()).await {
-            Err(_) => return Err(ProtoError::Timeout(IDLE_TIMEOUT, "waiting for a request")),
-            Ok(None) => return Err(ProtoError::Closed),
-            Ok(Some(f)) => f?,
+        // With an artificial delay, requests are answered strictly one at a
+        // time, so the delay applies to each of them.
+        let ahead = if inner.delay().is_zero() {
+            READ_AHEAD
+        } else {
+            1
         };
-        let Frame::Control { id, msg } = frame else {
-            writer
-                .send_control(
-                    0,
-                    &Message::error(ErrorCode::BadRequest, "unexpected chunk frame"),
-                )
-                .await?;
-            return Err(ProtoError::Unexpected("chunk frame"));
-        };
-        match msg {
-            Message::RequestPingPong { nonce } => {
-                writer
-                    .send_control(id, &Message::ReplyPingPong { nonce })
-                    .await?
-            }
-            Message::PeerRequestChunk { content_id, index } => {
-                let delay = inner.delay();
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+        tokio::select! {
+            biased;
+            Some(reply) = queue.next(), if !queue.is_empty() => match reply {
+                Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
+                Reply::Chunk(id, content_id, index, data) => {
+                    writer.send_chunk(id, &content_id, index, &data).await?;
+                    inner.stats.record_upload(data.len());
                 }
-                match read_chunk(inner, &content_id, index).await {
-                    Ok(data) => {
-                        writer.send_chunk(id, &content_id, index, &data).await?;
-                        inner.stats.record_upload(data.len());
+            },
+            frame = tokio::time::timeout(IDLE_TIMEOUT, reader.next()), if queue.len() < ahead => {
+                let frame = match frame {
+                    Err(_) if queue.is_empty() => {
+                        return Err(ProtoError::Timeout(IDLE_TIMEOUT, "waiting for a request"))
                     }
-                    Err(reply) => writer.send_control(id, &reply).await?,
-                }
-            }
-            other => {
-                let reply = Message::error(
-                    ErrorCode::BadRequest,
-                    format!("{} is not a peer request", other.kind()),
-                );
-                writer.send_control(id, &reply).await?;
+                    Err(_) => continue,
+                    Ok(None) => return Err(ProtoError::Closed),
+                    Ok(Some(f)) => f?,
+                };
+                let Frame::Control { id, msg } = frame else {
+                    writer
+                        .send_control(
+                            0,
+                            &Message::error(ErrorCode::BadRequest, "unexpected chunk frame"),
+                        )
+                        .await?;
+                    return Err(ProtoError::Unexpected("chunk frame"));
+                };
+                queue.push_back(match msg {
+                    Message::RequestPingPong { nonce } => {
+                        Box::pin(std::future::ready(Reply::Control(id, Message::ReplyPingPong { nonce })))
+                    }
+                    Message::PeerRequestChunk { content_id, index } => Box::pin(async move {
+                        let delay = inner.delay();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        match read_chunk(inner, &content_id, index).await {
+                            Ok(data) => Reply::Chunk(id, content_id, index, data),
+                            Err(reply) => Reply::Control(id, reply),
+                        }
+                    }),
+                    other => Box::pin(std::future::ready(Reply::Control(
+                        id,
+                        Message::error(
+                            ErrorCode::BadRequest,
+                            format!("{} is not a peer request", other.kind()),
+                        ),
+                    ))),
+                });
             }
         }
     }
