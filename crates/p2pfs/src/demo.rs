@@ -22,18 +22,24 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     let taddr = tracker.start("127.0.0.1:0".parse()?).await?;
     let exit = CancellationToken::new();
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-    let tracker_url = if http {
-        let app = p2pfs_http::tracker::router(p2pfs_http::tracker::TrackerApi {
+    // "  web UI URL" after a daemon's line, when the web UIs are on.
+    let web_ui = |app: p2pfs_http::Router| {
+        let exit = exit.clone();
+        async move {
+            anyhow::Ok(if http {
+                format!("  web UI {}", crate::start_http(loopback, app, exit).await?)
+            } else {
+                String::new()
+            })
+        }
+    };
+    let tracker_url = web_ui(p2pfs_http::tracker::router(
+        p2pfs_http::tracker::TrackerApi {
             tracker: tracker.clone(),
             exit: exit.clone(),
-        });
-        format!(
-            "  web UI {}",
-            crate::start_http(loopback, app, exit.clone()).await?
-        )
-    } else {
-        String::new()
-    };
+        },
+    ))
+    .await?;
     println!("tracker      {taddr}{tracker_url}");
     let mut peers = Vec::new();
     for i in 1..=3 {
@@ -44,18 +50,11 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         })
         .await?;
         peer.connect(taddr).await?;
-        let url = if http {
-            let app = p2pfs_http::peer::router(p2pfs_http::peer::PeerApi {
-                peer: peer.clone(),
-                exit: exit.clone(),
-            });
-            format!(
-                "  web UI {}",
-                crate::start_http(loopback, app, exit.clone()).await?
-            )
-        } else {
-            String::new()
-        };
+        let url = web_ui(p2pfs_http::peer::router(p2pfs_http::peer::PeerApi {
+            peer: peer.clone(),
+            exit: exit.clone(),
+        }))
+        .await?;
         println!(
             "peer {i}       {}{url}  (repository {})",
             peer.listen_addr(),
