@@ -10,6 +10,7 @@
 //! - assets: the web UI, embedded in the binary (read from disk in debug
 //!   builds, so it can be edited and reloaded).
 
+pub mod access;
 pub mod dto;
 pub mod error;
 pub mod peer;
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use access::Access;
 pub use axum::Router;
 pub use error::{ApiError, ApiJson, ApiQuery};
 
@@ -71,8 +73,13 @@ impl HttpServer {
     /// Serves `app` in the background until `stop` is cancelled: HTTP/1.1,
     /// at most [`MAX_CONNECTIONS`] connections at once, and a connection
     /// that does not send its request headers within
-    /// [`HEADER_TIMEOUT`] is closed (no slow-loris).
-    pub fn spawn(self, app: Router, stop: CancellationToken) {
+    /// [`HEADER_TIMEOUT`] is closed (no slow-loris). Every request passes
+    /// the [`access`] checks first.
+    pub fn spawn(self, app: Router, access: Access, stop: CancellationToken) {
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(access),
+            access::check,
+        ));
         use hyper_util::rt::{TokioIo, TokioTimer};
         use hyper_util::service::TowerToHyperService;
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

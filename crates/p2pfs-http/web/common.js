@@ -190,10 +190,52 @@ class ApiError extends Error {
   }
 }
 
+// ---------------------------------------------------------------- access token
+
+/** The API access token for this browser session (asked for once, on a 401). */
+const TOKEN_KEY = 'p2pfs-api-token';
+function apiToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+}
+function setApiToken(t) {
+  try {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (_) { /* storage disabled: the token lives until reload */ }
+}
+
+/** Shows the sign-in card; resolves never (the page reloads after sign-in). */
+function askForToken(wrong) {
+  if (UI.events) UI.events.close();
+  const input = h('input', {
+    id: 'token-input', name: 'token', type: 'password', autocomplete: 'off',
+    spellcheck: 'false', placeholder: 'access token', required: true,
+  });
+  const err = h('p', { class: 'form-error', role: 'alert', hidden: !wrong, text: wrong ? 'That token was refused. Check it and try again.' : '' });
+  const form = h('form', { id: 'token-form', class: 'inline-form', novalidate: true },
+    h('div', { class: 'field grow' }, h('label', { for: 'token-input', text: 'Access token' }), input),
+    h('button', { type: 'submit', class: 'btn primary', text: 'Sign in' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const t = input.value.trim();
+    if (!t) { showError(err, 'Paste the token the daemon printed when it started.'); return; }
+    setApiToken(t);
+    location.reload();
+  });
+  $('#app').replaceChildren(h('section', { class: 'card attention', id: 'token-card' },
+    h('h2', { text: 'This daemon needs its access token' }),
+    h('p', { class: 'help', text: 'Its API is reachable from other machines, so every request must carry the access token it printed at start-up (or was given with --http-token). The page keeps it until you close this tab.' }),
+    form, err));
+  setText($('#status'), '');
+  input.focus();
+  return new Promise(() => {});
+}
+
 /** Calls the daemon's API; throws ApiError with the server's message. */
 async function api(path, opts = {}) {
   const method = opts.method || 'GET';
   const init = { method, headers: { Accept: 'application/json' }, cache: 'no-store' };
+  const token = apiToken();
+  if (token) init.headers.Authorization = `Bearer ${token}`;
   if (method !== 'GET') {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(opts.body === undefined ? {} : opts.body);
@@ -224,6 +266,10 @@ async function api(path, opts = {}) {
       if (!res.ok) throw new ApiError(`http_${res.status}`, `HTTP ${res.status}: ${text.slice(0, 200)}`, res.status);
       throw new ApiError('bad_json', 'The daemon sent an answer that is not JSON.', res.status);
     }
+  }
+  if (res.status === 401) {
+    setApiToken('');
+    return askForToken(Boolean(token));
   }
   if (!res.ok) {
     const err = data && data.error;
@@ -319,7 +365,8 @@ function openEvents(handlers, onReconnect) {
   }
   function connect() {
     if (UI.stopped) return;
-    es = new EventSource('/api/events');
+    const token = apiToken();
+    es = new EventSource(token ? `/api/events?token=${encodeURIComponent(token)}` : '/api/events');
     es.onopen = () => {
       const wasLost = failures > 0;
       failures = 0;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use p2pfs_proto::message::{name_problem, FileInfo, Holder, PublishedInfo};
 use p2pfs_proto::{
     Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId, ProtoError, Role, RpcClient,
+    Security,
 };
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -34,6 +35,9 @@ pub struct PeerConfig {
     /// Folders fetched files may be written under (besides the repository's
     /// downloads folder); empty: anywhere outside the repository's own files.
     pub allowed_dests: Vec<PathBuf>,
+    /// How every connection, to the tracker and to other peers, is secured:
+    /// the network's secret, or `Insecure`.
+    pub security: Security,
 }
 
 /// A file this peer published.
@@ -103,6 +107,7 @@ pub(crate) struct PeerInner {
     pub(crate) repo: PathBuf,
     pub(crate) listen: SocketAddr,
     pub(crate) allowed_dests: Vec<PathBuf>,
+    pub(crate) security: Security,
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Stats,
@@ -264,6 +269,7 @@ impl PeerHandle {
             repo,
             listen,
             allowed_dests,
+            security: config.security,
             store: Store::default(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
@@ -897,7 +903,7 @@ async fn connect_and_announce(
     inner: &Arc<PeerInner>,
     addr: SocketAddr,
 ) -> Result<SocketAddr, PeerError> {
-    let client = RpcClient::connect(addr, Role::Peer, Role::Tracker)
+    let client = RpcClient::connect(addr, Role::Peer, Role::Tracker, &inner.security)
         .await
         .map_err(|source| PeerError::Tracker { addr, source })?;
     let reply = client

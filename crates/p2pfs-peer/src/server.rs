@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server, ConnLimits};
+use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::IDLE_TIMEOUT;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,9 +32,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
             per_ip: MAX_CONNECTIONS_PER_IP,
         },
         shutdown,
-        move |stream, _remote| {
+        move |stream, remote| {
             let inner = inner.clone();
-            async move { serve(stream, &inner).await }
+            async move {
+                let result = serve(stream, &inner).await;
+                if let Err(e @ (ProtoError::WrongSecret | ProtoError::SecurityMismatch { .. })) =
+                    &result
+                {
+                    tracing::info!(%remote, error = %e, "refused a connection");
+                }
+                result
+            }
         },
     )
     .await;
@@ -52,9 +60,8 @@ enum Reply {
 
 type PendingReply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'a>>;
 
-async fn serve(mut stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
-    stream.set_nodelay(true)?;
-    let _role = exchange_hello(&mut stream, Role::Peer).await?;
+async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
+    let (_role, stream) = accept(stream, Role::Peer, &inner.security).await?;
     let (mut reader, mut writer) = split_server(stream);
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();

@@ -14,6 +14,11 @@ use rand::{RngCore, SeedableRng};
 
 const CHUNK: usize = MIN_CHUNK_SIZE as usize;
 
+/// The test network's security: one fixed secret for every node.
+fn net() -> p2pfs_proto::Security {
+    p2pfs_proto::Security::secret(p2pfs_proto::NetworkSecret::from_bytes([7; 32]))
+}
+
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().expect("address")
 }
@@ -29,6 +34,7 @@ async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
         repo: repo.to_path_buf(),
         listen: localhost(),
         allowed_dests: Vec::new(),
+        security: net(),
     })
     .await
     .expect("peer starts");
@@ -54,7 +60,7 @@ async fn within<F: std::future::Future>(secs: u64, body: F) -> F::Output {
 async fn publications_and_fetched_files_survive_a_restart() {
     within(60, async {
         let dir = tempfile::tempdir().unwrap();
-        let tracker = TrackerHandle::new();
+        let tracker = TrackerHandle::new(net());
         let taddr = tracker.start(localhost()).await.unwrap();
         let data = random_bytes(3 * CHUNK + 5, 1);
         let path = dir.path().join("a.bin");
@@ -117,7 +123,7 @@ async fn publications_and_fetched_files_survive_a_restart() {
 /// uploaded little more than the file once in all.
 async fn interrupted_download_resumes(cancel_instead_of_restart: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = TrackerHandle::new();
+    let tracker = TrackerHandle::new(net());
     let taddr = tracker.start(localhost()).await.unwrap();
     let chunks = 40;
     let data = random_bytes(chunks * CHUNK, 2);
@@ -180,7 +186,7 @@ async fn a_cancelled_download_resumes_on_request() {
 async fn a_published_file_changed_on_disk_is_withdrawn_not_served() {
     within(60, async {
         let dir = tempfile::tempdir().unwrap();
-        let tracker = TrackerHandle::new();
+        let tracker = TrackerHandle::new(net());
         let taddr = tracker.start(localhost()).await.unwrap();
         let a = peer(&dir.path().join("a"), taddr).await;
         let b = peer(&dir.path().join("b"), taddr).await;
@@ -254,7 +260,7 @@ async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
         return;
     };
     let result = tokio::time::timeout(Duration::from_secs(60), async {
-        let tracker = TrackerHandle::new();
+        let tracker = TrackerHandle::new(net());
         let taddr = tracker.start(localhost()).await.unwrap();
         let a = peer(&dir.path().join("a"), taddr).await;
         let b = peer(&dir.path().join("b"), taddr).await;
@@ -302,7 +308,7 @@ async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
 async fn destinations_outside_the_allowed_places_are_refused_untouched() {
     within(30, async {
         let dir = tempfile::tempdir().unwrap();
-        let tracker = TrackerHandle::new();
+        let tracker = TrackerHandle::new(net());
         let taddr = tracker.start(localhost()).await.unwrap();
         let a = peer(&dir.path().join("a"), taddr).await;
         std::fs::write(dir.path().join("f.bin"), random_bytes(CHUNK, 9)).unwrap();
@@ -315,6 +321,7 @@ async fn destinations_outside_the_allowed_places_are_refused_untouched() {
             repo: dir.path().join("b"),
             listen: localhost(),
             allowed_dests: vec![inbox.clone()],
+            security: net(),
         })
         .await
         .unwrap();

@@ -14,6 +14,11 @@ use rand::{RngCore, SeedableRng};
 
 const DOWNLOADERS: usize = 200;
 
+/// The test network's security: one fixed secret for every node.
+fn net() -> p2pfs_proto::Security {
+    p2pfs_proto::Security::secret(p2pfs_proto::NetworkSecret::from_bytes([7; 32]))
+}
+
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().expect("address")
 }
@@ -22,7 +27,7 @@ fn localhost() -> SocketAddr {
 async fn one_seeder_serves_200_concurrent_downloaders() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let tracker = TrackerHandle::new();
+    let tracker = TrackerHandle::new(net());
     let taddr = tracker.start(localhost()).await.unwrap();
     let mut data = vec![0u8; 8 * MIN_CHUNK_SIZE as usize + 100];
     rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut data);
@@ -36,6 +41,7 @@ async fn one_seeder_serves_200_concurrent_downloaders() {
                 repo,
                 listen: localhost(),
                 allowed_dests: Vec::new(),
+                security: net(),
             })
             .await
             .expect("peer starts");

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use p2pfs_peer::{DownloadState, PeerConfig, PeerError, PeerHandle};
-use p2pfs_proto::conn::{encode_hello, exchange_hello, split};
-use p2pfs_proto::limits::{MAGIC, MIN_CHUNK_SIZE};
-use p2pfs_proto::{Frame, Manifest, Message, PeerId, Role, RpcClient};
+use p2pfs_proto::conn::{accept, encode_hello, split};
+use p2pfs_proto::limits::{MAGIC, MIN_CHUNK_SIZE, PROTOCOL_VERSION};
+use p2pfs_proto::{Frame, Manifest, Message, NetworkSecret, PeerId, Role, RpcClient, Security};
 use p2pfs_tracker::TrackerHandle;
 use rand::{RngCore, SeedableRng};
 use tempfile::TempDir;
@@ -28,6 +28,16 @@ const MIB: usize = 1024 * 1024;
 const CHUNK: usize = MIN_CHUNK_SIZE as usize;
 
 // ---------------------------------------------------------------- helpers
+
+/// What a plain (`--insecure`) client sends first: the preamble asking for
+/// plain mode, then its hello.
+fn plain_open(role: Role) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&encode_hello(role));
+    v
+}
 
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().expect("address")
@@ -95,16 +105,24 @@ struct Swarm {
     tracker: TrackerHandle,
     addr: SocketAddr,
     dirs: Vec<TempDir>,
+    /// The network's security, shared by the tracker and every peer.
+    security: Security,
 }
 
 impl Swarm {
+    /// A swarm with its own network secret.
     async fn new() -> Self {
-        let tracker = TrackerHandle::new();
+        Self::with(Security::secret(NetworkSecret::generate())).await
+    }
+
+    async fn with(security: Security) -> Self {
+        let tracker = TrackerHandle::new(security.clone());
         let addr = tracker.start(localhost()).await.expect("tracker starts");
         Self {
             tracker,
             addr,
             dirs: Vec::new(),
+            security,
         }
     }
 
@@ -123,6 +141,7 @@ impl Swarm {
             repo,
             listen: localhost(),
             allowed_dests: Vec::new(),
+            security: self.security.clone(),
         })
         .await
         .expect("peer starts")
@@ -195,20 +214,26 @@ struct Liar {
 impl Liar {
     /// Listens, registers with the tracker, publishes `manifest` as `name`
     /// and keeps heartbeating.
-    async fn start(tracker: SocketAddr, manifest: Manifest, name: &str) -> Self {
+    async fn start(
+        tracker: SocketAddr,
+        security: &Security,
+        manifest: Manifest,
+        name: &str,
+    ) -> Self {
         let listener = TcpListener::bind(localhost()).await.expect("liar binds");
         let addr = listener.local_addr().expect("liar address");
         let requests = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
         let (reqs, conns, m) = (requests.clone(), connections.clone(), manifest.clone());
+        let sec = security.clone();
         let server = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::Relaxed);
-                let (reqs, m) = (reqs.clone(), m.clone());
+                let (reqs, m, sec) = (reqs.clone(), m.clone(), sec.clone());
                 tokio::spawn(async move {
-                    if exchange_hello(&mut stream, Role::Peer).await.is_err() {
+                    let Ok((_, stream)) = accept(stream, Role::Peer, &sec).await else {
                         return;
-                    }
+                    };
                     let (mut reader, mut writer) = split(stream);
                     while let Some(Ok(frame)) = reader.next().await {
                         let Frame::Control {
@@ -232,7 +257,7 @@ impl Liar {
                 });
             }
         });
-        let client = RpcClient::connect(tracker, Role::Peer, Role::Tracker)
+        let client = RpcClient::connect(tracker, Role::Peer, Role::Tracker, security)
             .await
             .expect("liar connects to the tracker");
         let reply = client
@@ -634,7 +659,13 @@ async fn a_corrupting_source_does_not_spoil_the_download() {
         honest.publish(&path, "honest.bin").await.expect("publish");
         // Slow the honest seeder so the liar gets requests too.
         honest.set_delay(0.03).unwrap();
-        let liar = Liar::start(swarm.addr, manifest.clone(), "liar copy.bin").await;
+        let liar = Liar::start(
+            swarm.addr,
+            &swarm.security,
+            manifest.clone(),
+            "liar copy.bin",
+        )
+        .await;
         let info = swarm.tracker.chunk_info();
         assert_eq!(info.len(), 1);
         assert_eq!(info[0].content_id, manifest.content_id());
@@ -717,7 +748,9 @@ async fn downloaders_become_sources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_ports_does_not_hurt() {
     within(60, async {
-        let mut swarm = Swarm::new().await;
+        // Plain mode, so that garbage reaches the frame decoders; sealed
+        // garbage is refused by the transport (see secure_* below).
+        let mut swarm = Swarm::with(Security::Insecure).await;
         let seeder = swarm.peer().await;
         let leecher = swarm.peer().await;
         let (path, data) = swarm.file("after garbage.bin", MIB + 5, 9);
@@ -744,20 +777,26 @@ async fn garbage_on_ports_does_not_hurt() {
             let mut hello = [0u8; 8];
             hello[..4].copy_from_slice(&MAGIC);
             hello[4..6].copy_from_slice(&99u16.to_be_bytes());
-            hello[6] = 2;
             s.write_all(&hello).await.expect("write");
             assert_closed(&mut s, limit, &format!("{what}: bad version")).await;
 
+            // Unknown security mode.
+            let mut s = TcpStream::connect(target).await.expect("connect");
+            let mut open = plain_open(Role::Peer);
+            open[6] = 77;
+            s.write_all(&open).await.expect("write");
+            assert_closed(&mut s, limit, &format!("{what}: bad mode")).await;
+
             // Right version, unknown role.
             let mut s = TcpStream::connect(target).await.expect("connect");
-            let mut hello = encode_hello(Role::Peer);
-            hello[6] = 77;
-            s.write_all(&hello).await.expect("write");
+            let mut open = plain_open(Role::Peer);
+            open[8 + 6] = 77;
+            s.write_all(&open).await.expect("write");
             assert_closed(&mut s, limit, &format!("{what}: bad role")).await;
 
             // A valid hello, then a huge length prefix.
             let mut s = TcpStream::connect(target).await.expect("connect");
-            s.write_all(&encode_hello(Role::Peer)).await.expect("write");
+            s.write_all(&plain_open(Role::Peer)).await.expect("write");
             s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0])
                 .await
                 .expect("write");
@@ -765,7 +804,7 @@ async fn garbage_on_ports_does_not_hurt() {
 
             // A valid hello, then a control frame whose message does not decode.
             let mut s = TcpStream::connect(target).await.expect("connect");
-            s.write_all(&encode_hello(Role::Peer)).await.expect("write");
+            s.write_all(&plain_open(Role::Peer)).await.expect("write");
             s.write_all(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0xff, 0xff, 0xff])
                 .await
                 .expect("write");
@@ -773,13 +812,13 @@ async fn garbage_on_ports_does_not_hurt() {
 
             // A valid hello, then an unknown frame kind.
             let mut s = TcpStream::connect(target).await.expect("connect");
-            s.write_all(&encode_hello(Role::Peer)).await.expect("write");
+            s.write_all(&plain_open(Role::Peer)).await.expect("write");
             s.write_all(&[0, 0, 0, 2, 9, 0]).await.expect("write");
             assert_closed(&mut s, limit, &format!("{what}: bad frame kind")).await;
 
             // A valid hello, then a chunk frame nobody asked for.
             let mut s = TcpStream::connect(target).await.expect("connect");
-            s.write_all(&encode_hello(Role::Peer)).await.expect("write");
+            s.write_all(&plain_open(Role::Peer)).await.expect("write");
             let mut frame = vec![0, 0, 0, 45, 2];
             frame.extend_from_slice(&[0u8; 44]);
             s.write_all(&frame).await.expect("write");
@@ -787,7 +826,7 @@ async fn garbage_on_ports_does_not_hurt() {
         }
         // The tracker only talks to peers.
         let mut s = TcpStream::connect(swarm.addr).await.expect("connect");
-        s.write_all(&encode_hello(Role::Tracker))
+        s.write_all(&plain_open(Role::Tracker))
             .await
             .expect("write");
         assert_closed(&mut s, limit, "tracker: tracker hello").await;
@@ -918,7 +957,7 @@ async fn peers_that_leave_are_forgotten() {
         assert_eq!(e.code(), "not_found");
 
         // A peer that goes silent without leaving times out.
-        let client = RpcClient::connect(swarm.addr, Role::Peer, Role::Tracker)
+        let client = RpcClient::connect(swarm.addr, Role::Peer, Role::Tracker, &swarm.security)
             .await
             .expect("connect");
         let silent_id = PeerId::random();

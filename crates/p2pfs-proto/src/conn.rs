@@ -1,6 +1,7 @@
-//! Connection helpers over TCP: the hello exchange, a frame writer that
-//! batches small frames and never copies chunk payloads, and a multiplexed
-//! request/reply client.
+//! Connection helpers over the [`secure`](crate::secure) transport: connect
+//! and accept (security handshake, then the role hello inside it), a frame
+//! writer that batches small frames and never copies chunk payloads, and a
+//! multiplexed request/reply client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,8 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{chunk_header, encode_control, ControlCodec, Frame, FrameCodec};
 use crate::limits::{CONNECT_TIMEOUT, HELLO_LEN, MAGIC, PROTOCOL_VERSION, REQUEST_TIMEOUT};
 use crate::message::Message;
+use crate::secure::{self, ReadHalf, Security, Stream, WriteHalf};
 use crate::types::ContentId;
 use crate::ProtoError;
 
@@ -87,9 +88,13 @@ pub async fn with_timeout<T>(
 ///
 /// # Errors
 /// Handshake errors and timeouts.
-pub async fn exchange_hello(stream: &mut TcpStream, me: Role) -> Result<Role, ProtoError> {
+pub async fn exchange_hello<S>(stream: &mut S, me: Role) -> Result<Role, ProtoError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     with_timeout(CONNECT_TIMEOUT, "exchanging hellos", async {
         stream.write_all(&encode_hello(me)).await?;
+        stream.flush().await?;
         let mut theirs = [0u8; HELLO_LEN];
         stream.read_exact(&mut theirs).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -103,16 +108,29 @@ pub async fn exchange_hello(stream: &mut TcpStream, me: Role) -> Result<Role, Pr
     .await
 }
 
-/// Connects to `addr`, exchanges hellos and checks the remote's role.
+/// Connects to `addr`, runs the security handshake, exchanges hellos and
+/// checks the remote's role.
 ///
 /// # Errors
-/// Connect failures, handshake errors, timeouts.
-pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<TcpStream, ProtoError> {
-    let mut stream = with_timeout(CONNECT_TIMEOUT, "connecting", async {
+/// Connect failures, [`ProtoError::WrongSecret`] and other handshake errors,
+/// timeouts.
+pub async fn connect(
+    addr: SocketAddr,
+    me: Role,
+    expect: Role,
+    security: &Security,
+) -> Result<Stream, ProtoError> {
+    let stream = with_timeout(CONNECT_TIMEOUT, "connecting", async {
         Ok(TcpStream::connect(addr).await?)
     })
     .await?;
     stream.set_nodelay(true)?;
+    let mut stream = with_timeout(
+        CONNECT_TIMEOUT,
+        "securing the connection",
+        secure::initiate(stream, security),
+    )
+    .await?;
     let role = exchange_hello(&mut stream, me).await?;
     if role != expect {
         return Err(ProtoError::UnexpectedRole(format!(
@@ -122,14 +140,33 @@ pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<TcpStre
     Ok(stream)
 }
 
+/// Answers the security handshake and the hello of an accepted connection,
+/// within [`CONNECT_TIMEOUT`] each. Returns the remote's role. A wrong secret
+/// is answered with a refusal before any of our data is sent.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn accept(
+    stream: TcpStream,
+    me: Role,
+    security: &Security,
+) -> Result<(Role, Stream), ProtoError> {
+    stream.set_nodelay(true)?;
+    let mut stream = with_timeout(
+        CONNECT_TIMEOUT,
+        "securing the connection",
+        secure::respond(stream, security),
+    )
+    .await?;
+    let role = exchange_hello(&mut stream, me).await?;
+    Ok((role, stream))
+}
+
 /// Splits an accepted stream into a request reader (control frames only,
 /// see [`ControlCodec`]) and a [`FrameWriter`].
 pub fn split_server(
-    stream: TcpStream,
-) -> (
-    FramedRead<OwnedReadHalf, ControlCodec>,
-    FrameWriter<OwnedWriteHalf>,
-) {
+    stream: Stream,
+) -> (FramedRead<ReadHalf, ControlCodec>, FrameWriter<WriteHalf>) {
     let (r, w) = stream.into_split();
     (
         FramedRead::with_capacity(r, ControlCodec, 16 * 1024),
@@ -138,12 +175,7 @@ pub fn split_server(
 }
 
 /// Splits a stream into a frame reader and a [`FrameWriter`].
-pub fn split(
-    stream: TcpStream,
-) -> (
-    FramedRead<OwnedReadHalf, FrameCodec>,
-    FrameWriter<OwnedWriteHalf>,
-) {
+pub fn split(stream: Stream) -> (FramedRead<ReadHalf, FrameCodec>, FrameWriter<WriteHalf>) {
     let (r, w) = stream.into_split();
     (
         FramedRead::with_capacity(r, FrameCodec, 256 * 1024),
@@ -181,6 +213,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Socket errors.
     pub async fn flush(&mut self) -> Result<(), ProtoError> {
         self.inner.write_all_buf(&mut self.buf).await?;
+        self.inner.flush().await?;
         Ok(())
     }
 
@@ -206,8 +239,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ) -> Result<(), ProtoError> {
         let header = chunk_header(id, content_id, index, data.len())?;
         self.buf.extend_from_slice(&header);
-        self.flush().await?;
+        self.inner.write_all_buf(&mut self.buf).await?;
         self.inner.write_all(data).await?;
+        self.inner.flush().await?;
         Ok(())
     }
 
@@ -230,17 +264,23 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    /// Connects, exchanges hellos and starts the connection task.
+    /// Connects, secures the connection, exchanges hellos and starts the
+    /// connection task.
     ///
     /// # Errors
     /// Connect and handshake errors.
-    pub async fn connect(addr: SocketAddr, me: Role, expect: Role) -> Result<Self, ProtoError> {
-        let stream = connect(addr, me, expect).await?;
+    pub async fn connect(
+        addr: SocketAddr,
+        me: Role,
+        expect: Role,
+        security: &Security,
+    ) -> Result<Self, ProtoError> {
+        let stream = connect(addr, me, expect, security).await?;
         Ok(Self::start(stream, addr))
     }
 
     /// Starts the connection task over an already greeted stream.
-    pub fn start(stream: TcpStream, remote: SocketAddr) -> Self {
+    pub fn start(stream: Stream, remote: SocketAddr) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let closed = CancellationToken::new();
         let guard = closed.clone().drop_guard();
@@ -299,7 +339,7 @@ impl RpcClient {
 }
 
 async fn rpc_task(
-    stream: TcpStream,
+    stream: Stream,
     mut rx: mpsc::Receiver<(Message, Pending)>,
 ) -> Result<(), ProtoError> {
     let (mut reader, mut writer) = split(stream);

@@ -56,6 +56,23 @@ pub enum ProtoError {
     /// The other side has a role this endpoint does not talk to.
     #[error("unexpected role: {0}")]
     UnexpectedRole(String),
+    /// The remote end does not hold our network secret (or we do not hold
+    /// its): the security handshake failed.
+    #[error("wrong network secret: the handshake failed, so this node and the other end are not in the same network (check the join token or --secret-file)")]
+    WrongSecret,
+    /// One end runs `--insecure` and the other does not.
+    #[error("{}", if *remote_insecure {
+        "the other end runs without encryption (--insecure) but this node requires the network secret; run both with --insecure, or neither"
+    } else {
+        "the other end requires the network secret but this node runs with --insecure; join with the tracker's token instead"
+    })]
+    SecurityMismatch {
+        /// True when the remote is the insecure one.
+        remote_insecure: bool,
+    },
+    /// A network secret or join token that does not parse.
+    #[error("bad network secret or join token: {0}")]
+    BadSecret(&'static str),
     /// The connection closed.
     #[error("connection closed by the remote end")]
     Closed,

@@ -5,21 +5,25 @@
 //! - [`types`]: peer ids, content ids, manifests, bitfields.
 //! - [`message`]: control messages and the name rules.
 //! - [`codec`]: the frame codec shared by every connection.
+//! - [`secure`]: the network secret, join tokens and the Noise transport
+//!   under every connection.
 //! - [`conn`]: hello exchange, frame writer and a multiplexed RPC client.
 //!
 //! Goals: one codec for every connection; decoders that enforce limits and
 //! never panic; chunk payloads that are never re-encoded or copied.
-//! Non-goals: encryption (a later layer), schema evolution within a version.
+//! Non-goals: schema evolution within a version.
 
 pub mod codec;
 pub mod conn;
 mod error;
 pub mod limits;
 pub mod message;
+pub mod secure;
 pub mod types;
 
 pub use codec::{Frame, FrameCodec};
 pub use conn::{Role, RpcClient};
 pub use error::ProtoError;
 pub use message::{ErrorCode, ErrorReply, Message};
+pub use secure::{JoinToken, NetworkSecret, Security};
 pub use types::{Bitfield, ContentId, Manifest, PeerId};

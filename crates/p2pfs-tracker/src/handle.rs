@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use p2pfs_proto::conn::{split, with_timeout};
 use p2pfs_proto::limits::CONNECT_TIMEOUT;
 use p2pfs_proto::message::{ChunkInfo, FileInfo, PeerInfo, PublishedInfo};
-use p2pfs_proto::{Frame, Message, PeerId, ProtoError, Role};
+use p2pfs_proto::{Frame, JoinToken, Message, PeerId, ProtoError, Role, Security};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,8 @@ impl TrackerError {
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// How every connection, in and out, is secured.
+    pub(crate) security: Security,
 }
 
 impl Shared {
@@ -82,19 +84,15 @@ pub struct TrackerHandle {
     shutdown: CancellationToken,
 }
 
-impl Default for TrackerHandle {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl TrackerHandle {
-    /// A tracker that is not serving yet.
-    pub fn new() -> Self {
+    /// A tracker that is not serving yet, securing its connections as
+    /// `security` says (the same secret as its peers, or `Insecure`).
+    pub fn new(security: Security) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 version: watch::channel(0).0,
+                security,
             }),
             addr: Arc::new(Mutex::new(None)),
             shutdown: CancellationToken::new(),
@@ -135,6 +133,28 @@ impl TrackerHandle {
     /// The address it serves on, once started.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         *self.addr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How its connections are secured.
+    pub fn security(&self) -> &Security {
+        &self.shared.security
+    }
+
+    /// What a peer needs to join, once serving with a network secret: the
+    /// secret and the address to reach this tracker at (a wildcard listen
+    /// address becomes this machine's outward address, or loopback).
+    pub fn join_token(&self) -> Option<JoinToken> {
+        let Security::Noise { secret, .. } = &self.shared.security else {
+            return None;
+        };
+        let mut addr = self.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(outward_ip().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()));
+        }
+        Some(JoinToken {
+            secret: secret.clone(),
+            tracker: addr.to_string(),
+        })
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -184,9 +204,10 @@ impl TrackerHandle {
             }
         }
         let peer_err = |source| TrackerError::Peer { addr, source };
-        let stream = p2pfs_proto::conn::connect(addr, Role::Tracker, Role::Peer)
-            .await
-            .map_err(peer_err)?;
+        let stream =
+            p2pfs_proto::conn::connect(addr, Role::Tracker, Role::Peer, &self.shared.security)
+                .await
+                .map_err(peer_err)?;
         let (mut reader, mut writer) = split(stream);
         let nonce: u64 = rand::random();
         let started = Instant::now();
@@ -237,6 +258,15 @@ fn is_same_endpoint(own: SocketAddr, b: SocketAddr) -> bool {
     own.ip() == b.ip()
         || (own.ip().is_unspecified() && local(b.ip()))
         || (local(own.ip()) && b.ip().is_unspecified())
+}
+
+/// The address other machines most likely reach this one at: the source
+/// address of the route to a documentation address (no packet is sent).
+fn outward_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 #[cfg(test)]

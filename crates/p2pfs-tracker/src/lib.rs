@@ -7,7 +7,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), p2pfs_tracker::TrackerError> {
-//! let tracker = p2pfs_tracker::TrackerHandle::new();
+//! use p2pfs_proto::{NetworkSecret, Security};
+//! let secret = NetworkSecret::generate();
+//! let tracker = p2pfs_tracker::TrackerHandle::new(Security::secret(secret));
 //! let addr = tracker.start("127.0.0.1:0".parse().unwrap()).await?;
 //! println!("tracker on {addr}, {} peers", tracker.peers().len());
 //! # Ok(()) }

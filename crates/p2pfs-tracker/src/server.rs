@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use p2pfs_proto::conn::{exchange_hello, serve_connections, split_server, ConnLimits};
+use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,14 +67,20 @@ pub(crate) async fn accept_loop(
 }
 
 async fn session(
-    mut stream: TcpStream,
+    stream: TcpStream,
     remote: SocketAddr,
     shared: &Shared,
     conn_id: u64,
     registered: &mut Option<PeerId>,
 ) -> Result<(), ProtoError> {
-    stream.set_nodelay(true)?;
-    let role = exchange_hello(&mut stream, Role::Tracker).await?;
+    let (role, stream) = match accept(stream, Role::Tracker, &shared.security).await {
+        Ok(s) => s,
+        Err(e @ (ProtoError::WrongSecret | ProtoError::SecurityMismatch { .. })) => {
+            info!(%remote, error = %e, "refused a connection");
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if role != Role::Peer {
         return Err(ProtoError::UnexpectedRole(format!(
             "{role:?} connected to the tracker"

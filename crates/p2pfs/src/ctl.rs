@@ -20,6 +20,15 @@ pub(crate) struct CtlArgs {
     /// The daemon's API URL, e.g. http://127.0.0.1:8080
     #[arg(long, env = "P2PFS_API", value_name = "URL")]
     api: String,
+    /// The API's access token (needed when the daemon serves its API beyond
+    /// loopback, or was given --http-token)
+    #[arg(
+        long,
+        env = "P2PFS_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// Print the API's JSON answers instead of tables
     #[arg(long, global = true)]
     json: bool,
@@ -120,10 +129,12 @@ type CtlResult = Result<Option<String>, Failure>;
 struct Api {
     base: String,
     agent: ureq::Agent,
+    /// `Bearer TOKEN`, when a token was given.
+    auth: Option<String>,
 }
 
 impl Api {
-    fn new(base: &str) -> Result<Self, Failure> {
+    fn new(base: &str, token: Option<&str>) -> Result<Self, Failure> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") {
             return Err(Failure(format!(
@@ -135,18 +146,29 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        Ok(Self { base, agent })
+        Ok(Self {
+            base,
+            agent,
+            auth: token.map(|t| format!("Bearer {}", t.trim())),
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
+        let auth = self.auth.as_deref().unwrap_or("");
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            (_, body) => self
-                .agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body.unwrap_or_else(|| json!({})).to_string()),
+            ("GET", _) if auth.is_empty() => self.agent.get(&url).call(),
+            ("GET", _) => self.agent.get(&url).header("authorization", auth).call(),
+            (_, body) => {
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("content-type", "application/json");
+                if !auth.is_empty() {
+                    req = req.header("authorization", auth);
+                }
+                req.send(body.unwrap_or_else(|| json!({})).to_string())
+            }
         };
         let mut response = response.map_err(|e| {
             let why = match &e {
@@ -190,7 +212,8 @@ impl Api {
 
 /// Runs one `ctl` command (blocking; no async runtime needed).
 pub(crate) fn run(args: CtlArgs) -> ExitCode {
-    let result = Api::new(&args.api).and_then(|api| execute(&api, args.command, args.json));
+    let result = Api::new(&args.api, args.token.as_deref())
+        .and_then(|api| execute(&api, args.command, args.json));
     match result {
         Ok(Some(text)) => {
             println!("{text}");

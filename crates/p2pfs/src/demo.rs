@@ -18,7 +18,9 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         .prefix("p2pfs-demo-")
         .tempdir()
         .context("cannot create a demo folder")?;
-    let tracker = TrackerHandle::new();
+    // One network secret for the whole demo, kept in memory only.
+    let security = p2pfs_proto::Security::secret(p2pfs_proto::NetworkSecret::generate());
+    let tracker = TrackerHandle::new(security.clone());
     let taddr = tracker.start("127.0.0.1:0".parse()?).await?;
     let exit = CancellationToken::new();
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
@@ -27,7 +29,10 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         let exit = exit.clone();
         async move {
             anyhow::Ok(if http {
-                format!("  web UI {}", crate::start_http(loopback, app, exit).await?)
+                format!(
+                    "  web UI {}",
+                    crate::start_http(loopback, None, app, exit).await?.0
+                )
             } else {
                 String::new()
             })
@@ -47,6 +52,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             repo: dir.path().join(format!("peer{i}")),
             listen: "127.0.0.1:0".parse()?,
             allowed_dests: Vec::new(),
+            security: security.clone(),
         })
         .await?;
         peer.connect(taddr).await?;

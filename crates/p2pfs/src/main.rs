@@ -12,6 +12,7 @@ mod ctl;
 mod demo;
 mod fmt;
 mod peer_shell;
+mod secrets;
 mod tracker_shell;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -42,12 +43,17 @@ struct Cli {
 enum Command {
     /// Run a tracker, with its command shell
     #[command(
-        after_help = "Shell commands: start ip port, list_peers, ping ip port, discover ip port,\nlist_files, list_chunkinfo, exit, help [command]\n\nExamples:\n  p2pfs tracker --listen 0.0.0.0:7000\n  p2pfs tracker            (then: start 0.0.0.0 7000)"
+        after_help = "Shell commands: start ip port, list_peers, ping ip port, discover ip port,\nlist_files, list_chunkinfo, exit, help [command]\n\nThe network is private: on first start the tracker creates a network secret\nin DIR/network.secret and, once serving, prints the command peers join with.\n\nExamples:\n  p2pfs tracker --listen 0.0.0.0:7000\n  p2pfs tracker            (then: start 0.0.0.0 7000)"
     )]
     Tracker {
         /// Serve at once on this address (otherwise use the shell's `start ip port`)
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<SocketAddr>,
+        /// Data folder: keeps the network secret
+        #[arg(long, value_name = "DIR", default_value = "p2pfs-tracker")]
+        data: PathBuf,
+        #[command(flatten)]
+        secret: secrets::SecretArgs,
         /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit` (needs
         /// --listen, or the web UI to start it)
         #[arg(long)]
@@ -57,10 +63,14 @@ enum Command {
     },
     /// Run a peer, with its command shell
     #[command(
-        after_help = "Shell commands: connect ip port, publish lname fname,\nfetch fname [destination] [peerIP peerPort], list_files, discover ip port,\nset_delay seconds, downloads, cancel id, wait, status, exit, help [command]\n\nExample:\n  p2pfs peer --tracker 127.0.0.1:7000 --repo ./alice"
+        after_help = "Shell commands: connect ip port, publish lname fname,\nfetch fname [destination] [peerIP peerPort], list_files, discover ip port,\nset_delay seconds, downloads, cancel id, wait, status, exit, help [command]\n\nThe first start needs the network's secret: the join token the tracker prints\n(or --secret-file). The peer keeps it in REPO/network.secret for later starts.\n\nExamples:\n  p2pfs peer --join p2pfs1:SECRET@192.168.1.5:7000 --repo ./alice\n  p2pfs peer --tracker 192.168.1.5:7000 --repo ./alice     (later starts)"
     )]
     Peer {
-        /// Connect to this tracker at start
+        /// Join a network: the token the tracker prints (tracker address and
+        /// network secret)
+        #[arg(long, value_name = "TOKEN", env = "P2PFS_JOIN", hide_env_values = true)]
+        join: Option<String>,
+        /// Connect to this tracker at start (default: the join token's)
         #[arg(long, value_name = "IP:PORT")]
         tracker: Option<SocketAddr>,
         /// Listen for chunk requests here (port 0 picks a free port)
@@ -77,6 +87,8 @@ enum Command {
         /// No shell: serve until SIGINT, SIGTERM or `POST /api/exit`
         #[arg(long)]
         no_shell: bool,
+        #[command(flatten)]
+        secret: secrets::SecretArgs,
         #[command(flatten)]
         http: HttpArgs,
     },
@@ -107,33 +119,53 @@ struct HttpArgs {
     /// Do not serve the HTTP API and web UI
     #[arg(long, conflicts_with = "http")]
     no_http: bool,
+    /// Access token the HTTP API requires. Without one, the API answers only
+    /// on loopback; on any other address a token is generated and printed
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "P2PFS_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    http_token: Option<String>,
 }
 
 impl HttpArgs {
-    fn addr(&self) -> Option<SocketAddr> {
-        (!self.no_http).then_some(self.http)
+    fn addr(&self) -> Option<(SocketAddr, Option<String>)> {
+        (!self.no_http).then(|| (self.http, self.http_token.clone()))
     }
 }
 
-/// Binds the HTTP API and web UI at `addr` and serves `app` until `stop`.
-/// Returns the UI's URL.
+/// Binds the HTTP API and web UI at `addr` and serves `app` until `stop`,
+/// requiring `token` (generated when `addr` is not loopback and none is
+/// given). Returns the UI's URL and a line about the token, if any.
 pub(crate) async fn start_http(
     addr: SocketAddr,
+    token: Option<String>,
     app: p2pfs_http::Router,
     stop: CancellationToken,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<String>)> {
     use anyhow::Context;
+    if token.as_ref().is_some_and(|t| t.trim().len() < 16) {
+        anyhow::bail!("the HTTP access token must be at least 16 characters long");
+    }
     let server = p2pfs_http::HttpServer::bind(addr)
         .await
         .with_context(|| format!("cannot serve the web UI on {addr}"))?;
-    if !addr.ip().is_loopback() {
-        println!(
-            "warning: the HTTP API on {addr} is reachable from other machines and has no access control yet"
-        );
-    }
+    let (token, note) = match token {
+        Some(t) => (Some(t.trim().to_string()), None),
+        None if !addr.ip().is_loopback() => {
+            let t = p2pfs_http::Access::generate_token();
+            let note = format!(
+                "the HTTP API on {addr} is reachable from other machines, so it needs this access token (the web UI asks for it once): {t}"
+            );
+            (Some(t), Some(note))
+        }
+        None => (None, None),
+    };
     let url = server.url();
-    server.spawn(app, stop);
-    Ok(url)
+    server.spawn(app, p2pfs_http::Access { token }, stop);
+    Ok((url, note))
 }
 
 /// The result of one shell command.
@@ -229,21 +261,42 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Tracker {
                 listen,
+                data,
+                secret,
                 no_shell,
                 http,
-            } => run_tracker(listen, no_shell, http.addr()).await,
+            } => {
+                let security = secrets::tracker(&secret, &data)?;
+                run_tracker(listen, security, no_shell, http.addr()).await
+            }
             Command::Peer {
+                join,
                 tracker,
                 listen,
                 repo,
                 allow_dest,
                 no_shell,
+                secret,
                 http,
             } => {
+                let (security, token_tracker) = secrets::peer(&secret, join.as_deref(), &repo)?;
+                let tracker = match (tracker, token_tracker) {
+                    (Some(t), _) => Some(t),
+                    (None, Some(t)) => Some(
+                        t.to_socket_addrs()
+                            .ok()
+                            .and_then(|mut a| a.next())
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("cannot resolve the join token's tracker '{t}'")
+                            })?,
+                    ),
+                    (None, None) => None,
+                };
                 let config = PeerConfig {
                     repo,
                     listen,
                     allowed_dests: allow_dest,
+                    security,
                 };
                 run_peer(tracker, config, no_shell, http.addr()).await
             }
@@ -293,25 +346,33 @@ pub(crate) async fn shutdown_signal() {
 
 async fn run_tracker(
     listen: Option<SocketAddr>,
+    security: p2pfs_proto::Security,
     no_shell: bool,
-    http: Option<SocketAddr>,
+    http: Option<(SocketAddr, Option<String>)>,
 ) -> anyhow::Result<ExitCode> {
     if no_shell && listen.is_none() && http.is_none() {
         anyhow::bail!("--no-shell needs --listen IP:PORT (or the web UI, to start it from there)");
     }
-    let tracker = TrackerHandle::new();
+    if security.is_insecure() {
+        println!("{}", secrets::INSECURE_WARNING);
+    }
+    let tracker = TrackerHandle::new(security);
     if let Some(addr) = listen {
         let bound = tracker.start(addr).await?;
         println!("tracker serving on {bound}");
+        println!("{}", secrets::join_line(&tracker));
     }
     let exit = CancellationToken::new();
-    if let Some(addr) = http {
+    if let Some((addr, token)) = http {
         let app = p2pfs_http::tracker::router(p2pfs_http::tracker::TrackerApi {
             tracker: tracker.clone(),
             exit: exit.clone(),
         });
-        let url = start_http(addr, app, exit.clone()).await?;
+        let (url, note) = start_http(addr, token, app, exit.clone()).await?;
         println!("web UI and API on {url}");
+        if let Some(n) = note {
+            println!("{n}");
+        }
     }
     if no_shell {
         tokio::select! {
@@ -342,9 +403,12 @@ async fn run_peer(
     tracker: Option<SocketAddr>,
     config: PeerConfig,
     no_shell: bool,
-    http: Option<SocketAddr>,
+    http: Option<(SocketAddr, Option<String>)>,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
+    if config.security.is_insecure() {
+        println!("{}", secrets::INSECURE_WARNING);
+    }
     let peer = PeerHandle::start(config)
         .await
         .context("cannot start the peer")?;
@@ -355,13 +419,16 @@ async fn run_peer(
         peer.repo().display()
     );
     let exit = CancellationToken::new();
-    if let Some(addr) = http {
+    if let Some((addr, token)) = http {
         let app = p2pfs_http::peer::router(p2pfs_http::peer::PeerApi {
             peer: peer.clone(),
             exit: exit.clone(),
         });
-        let url = start_http(addr, app, exit.clone()).await?;
+        let (url, note) = start_http(addr, token, app, exit.clone()).await?;
         println!("web UI and API on {url}");
+        if let Some(n) = note {
+            println!("{n}");
+        }
     }
     if let Some(t) = tracker {
         match peer.connect(t).await {

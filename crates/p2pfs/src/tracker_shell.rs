@@ -48,7 +48,10 @@ pub(crate) async fn run_line(tracker: &TrackerHandle, words: Vec<String>) -> Out
         Cmd::Start { ip, port } => match resolve(&ip, port) {
             Err(e) => Outcome::fail(e),
             Ok(addr) => match tracker.start(addr).await {
-                Ok(bound) => Outcome::ok(format!("tracker serving on {bound}")),
+                Ok(bound) => Outcome::ok(format!(
+                    "tracker serving on {bound}\n{}",
+                    crate::secrets::join_line(tracker)
+                )),
                 Err(e) => Outcome::fail(e.to_string()),
             },
         },

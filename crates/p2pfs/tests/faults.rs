@@ -86,7 +86,7 @@ fn a_downloader_killed_half_way_resumes_and_fetches_only_the_rest() -> Result {
     set_delay(&seeder, 0.03)?;
 
     let repo = net.path("leech");
-    let (mut leech, _) = Proc::peer("leech", net.taddr, &repo)?;
+    let (mut leech, _) = Proc::peer("leech", &net.join, &repo)?;
     let id = start_fetch(&leech, "video.bin")?;
     until(Duration::from_secs(30), "half the chunks verified", || {
         let d = download(&leech, id)?;
@@ -95,7 +95,7 @@ fn a_downloader_killed_half_way_resumes_and_fetches_only_the_rest() -> Result {
     leech.kill(); // SIGKILL: no goodbye, no final save
     let before = uploaded(&seeder)?;
 
-    let (leech, _) = Proc::peer("leech again", net.taddr, &repo)?;
+    let (leech, _) = Proc::peer("leech again", &net.join, &repo)?;
     let d = until(
         Duration::from_secs(30),
         "the resumed download is done",
@@ -129,10 +129,13 @@ fn free_port() -> Result<u16> {
 fn tracker_killed_and_restarted_during_a_swarm_fetch() -> Result {
     let dir = tempfile::tempdir()?;
     let taddr = format!("127.0.0.1:{}", free_port()?);
-    let (mut tracker, tsock) = Proc::tracker_at(&taddr)?;
-    let (a, _) = Proc::peer("a", tsock, &dir.path().join("a"))?;
-    let (b, _) = Proc::peer("b", tsock, &dir.path().join("b"))?;
-    let (c, _) = Proc::peer("c", tsock, &dir.path().join("c"))?;
+    // The restarted tracker reads the same network secret from its data.
+    let tdata = dir.path().join("tracker");
+    let (mut tracker, _) = Proc::tracker_at(&taddr, &tdata)?;
+    let join = tracker.join.clone().ok_or("no join token")?;
+    let (a, _) = Proc::peer("a", &join, &dir.path().join("a"))?;
+    let (b, _) = Proc::peer("b", &join, &dir.path().join("b"))?;
+    let (c, _) = Proc::peer("c", &join, &dir.path().join("c"))?;
     let size = 48 * 262_144;
     let data = random_file(&dir.path().join("iso.bin"), size)?;
     std::fs::write(dir.path().join("copy.bin"), &data)?;
@@ -149,7 +152,8 @@ fn tracker_killed_and_restarted_during_a_swarm_fetch() -> Result {
     tracker.kill();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let (tracker, _) = Proc::tracker_at(&taddr)?;
+    let (tracker, _) = Proc::tracker_at(&taddr, &tdata)?;
+    assert_eq!(tracker.join.as_deref(), Some(join.as_str()), "same secret");
     let tapi = api(&tracker)?;
 
     // The peers find the new tracker by themselves and re-announce.

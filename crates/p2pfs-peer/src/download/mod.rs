@@ -136,6 +136,8 @@ pub(crate) struct DownloadShared {
     /// Wakes the main task when the last chunk is verified.
     done: Notify,
     pub(crate) cancel: CancellationToken,
+    /// How connections to sources are secured.
+    pub(crate) security: p2pfs_proto::Security,
     to_register: Mutex<Vec<u32>>,
     bytes_done: AtomicU64,
     local_error: Mutex<Option<String>>,
@@ -266,6 +268,7 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
         wake: Notify::new(),
         done: Notify::new(),
         cancel,
+        security: peer.security.clone(),
         to_register: Mutex::new(Vec::new()),
         bytes_done: AtomicU64::new(resumed_bytes),
         local_error: Mutex::new(None),

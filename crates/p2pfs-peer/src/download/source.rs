@@ -78,7 +78,7 @@ async fn source_impl(
     sid: SourceId,
     addr: SocketAddr,
 ) -> Result<SourceEnd, ProtoError> {
-    let stream = p2pfs_proto::conn::connect(addr, Role::Peer, Role::Peer).await?;
+    let stream = p2pfs_proto::conn::connect(addr, Role::Peer, Role::Peer, &dl.security).await?;
     let (mut reader, mut writer) = p2pfs_proto::conn::split(stream);
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;

@@ -22,6 +22,10 @@ pub struct Proc {
     name: String,
     /// The HTTP API's base URL (no trailing slash), when it printed one.
     pub api: Option<String>,
+    /// A tracker's join token, once it printed one.
+    pub join: Option<String>,
+    /// A folder that lives as long as the process (a tracker's data).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -52,31 +56,43 @@ impl Proc {
             seen: Vec::new(),
             name: name.into(),
             api: None,
+            join: None,
+            _dir: None,
         })
     }
 
+    /// A tracker on a free loopback port, with a new network secret in a
+    /// data folder of its own.
     pub fn tracker() -> Result<(Proc, SocketAddr)> {
-        Proc::tracker_at("127.0.0.1:0")
+        let dir = tempfile::tempdir()?;
+        let (mut p, addr) = Proc::tracker_at("127.0.0.1:0", dir.path())?;
+        p._dir = Some(dir);
+        Ok((p, addr))
     }
 
-    /// A tracker serving on `addr` (port 0 picks one).
-    pub fn tracker_at(addr: &str) -> Result<(Proc, SocketAddr)> {
-        let mut p = Proc::spawn("tracker", &["tracker", "--listen", addr])?;
+    /// A tracker serving on `addr` (port 0 picks one) with its data (and
+    /// network secret) in `data`. Its join token goes into `join`.
+    pub fn tracker_at(addr: &str, data: &Path) -> Result<(Proc, SocketAddr)> {
+        let d = data.to_string_lossy().to_string();
+        let mut p = Proc::spawn("tracker", &["tracker", "--listen", addr, "--data", &d])?;
         let line = p.expect("tracker serving on")?;
         let addr = line.rsplit(' ').next().ok_or("no address")?.parse()?;
+        let join = p.expect("peers join with:")?;
+        p.join = Some(join.rsplit(' ').next().ok_or("no token")?.to_string());
         p.read_api()?;
         Ok((p, addr))
     }
 
-    pub fn peer(name: &str, tracker: SocketAddr, repo: &Path) -> Result<(Proc, SocketAddr)> {
-        let t = tracker.to_string();
+    /// A peer that joins with `join` (a tracker's token) and keeps its
+    /// repository in `repo`.
+    pub fn peer(name: &str, join: &str, repo: &Path) -> Result<(Proc, SocketAddr)> {
         let r = repo.to_string_lossy().to_string();
         let mut p = Proc::spawn(
             name,
             &[
                 "peer",
-                "--tracker",
-                &t,
+                "--join",
+                join,
                 "--listen",
                 "127.0.0.1:0",
                 "--repo",
@@ -181,20 +197,24 @@ pub struct Net {
     pub dir: tempfile::TempDir,
     pub tracker: Proc,
     pub taddr: SocketAddr,
+    /// The tracker's join token.
+    pub join: String,
 }
 
 impl Net {
     pub fn new() -> Result<Net> {
         let (tracker, taddr) = Proc::tracker()?;
+        let join = tracker.join.clone().ok_or("no join token")?;
         Ok(Net {
             dir: tempfile::tempdir()?,
             tracker,
             taddr,
+            join,
         })
     }
 
     pub fn peer(&self, name: &str) -> Result<(Proc, SocketAddr)> {
-        Proc::peer(name, self.taddr, &self.dir.path().join(name))
+        Proc::peer(name, &self.join, &self.dir.path().join(name))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
