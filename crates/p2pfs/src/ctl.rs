@@ -24,6 +24,7 @@ pub(crate) struct CtlArgs {
     /// loopback, or was given --http-token)
     #[arg(
         long,
+        global = true,
         env = "P2PFS_HTTP_TOKEN",
         value_name = "TOKEN",
         hide_env_values = true
