@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -24,6 +25,9 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "target", "release", "p2pfs")
+# Every daemon of a run gets this HTTP API token (the swarm's APIs listen on
+# namespace addresses, where a token is required), and every request sends it.
+HTTP_TOKEN = secrets.token_urlsafe(32)
 TCPCOPY = os.path.join(REPO, "target", "release", "tcpcopy")
 
 MiB = 1 << 20
@@ -120,6 +124,7 @@ class Daemon:
         "api": re.compile(r"^web UI and API on (\S+)"),
         "peer": re.compile(r"^peer (\S+) listening on (\S+)"),
         "connected": re.compile(r"^connected to tracker (\S+?);.* at (\S+)"),
+        "join": re.compile(r"^peers join with:\s+p2pfs peer --join (\S+)"),
     }
 
     def __init__(self, cmd, logpath, env=None):
@@ -180,20 +185,30 @@ def ns_prefix(netns):
 
 
 def start_tracker(logdir, tag="tracker", listen="127.0.0.1:0", http="127.0.0.1:0",
-                  netns=None, env=None):
+                  netns=None, env=None, insecure=False):
+    """A tracker with a fresh network secret in LOGDIR/TAG-data (or plain with
+    `insecure`); `d.join` is its join token."""
+    extra = ["--insecure"] if insecure else []
     d = Daemon(ns_prefix(netns) + [BIN, "tracker", "--listen", listen, "--no-shell",
-                                   "--http", http],
+                                   "--http", http, "--http-token", HTTP_TOKEN,
+                                   "--data", os.path.join(logdir, f"{tag}-data")]
+               + extra,
                os.path.join(logdir, f"{tag}.log"), env=env)
-    d.wait_for(["tracker", "api"])
+    d.wait_for(["tracker", "api"] + ([] if insecure else ["join"]))
     d.addr = d.info["tracker"][0]
+    d.insecure = insecure
+    d.join = None if insecure else d.info["join"][0]
     return d
 
 
-def start_peer(logdir, tag, tracker_addr, repo, listen="127.0.0.1:0", http="127.0.0.1:0",
+def start_peer(logdir, tag, tracker, repo, listen="127.0.0.1:0", http="127.0.0.1:0",
                netns=None, env=None, wait=True):
+    """A peer of `tracker` (a Daemon from start_tracker), in its mode."""
     os.makedirs(repo, exist_ok=True)
-    d = Daemon(ns_prefix(netns) + [BIN, "peer", "--tracker", tracker_addr, "--listen", listen,
-                                   "--repo", repo, "--no-shell", "--http", http],
+    join = ["--insecure"] if tracker.insecure else ["--join", tracker.join]
+    d = Daemon(ns_prefix(netns) + [BIN, "peer", "--tracker", tracker.addr, "--listen", listen,
+                                   "--repo", repo, "--no-shell", "--http", http,
+                                   "--http-token", HTTP_TOKEN] + join,
                os.path.join(logdir, f"{tag}.log"), env=env)
     if wait:
         peer_ready(d)
@@ -219,6 +234,7 @@ def stop_all(daemons):
 def http_json(base, method, path, body=None, timeout=30):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {HTTP_TOKEN}")
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -252,7 +268,8 @@ class EndWatcher:
     def __init__(self, api, timeout=3600):
         m = re.match(r"http://([^/:]+):(\d+)", api)
         self.conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=timeout)
-        self.conn.request("GET", "/api/events", headers={"Accept": "text/event-stream"})
+        self.conn.request("GET", "/api/events", headers={
+            "Accept": "text/event-stream", "Authorization": f"Bearer {HTTP_TOKEN}"})
         self.resp = self.conn.getresponse()
         if self.resp.status != 200:
             raise RuntimeError(f"events: HTTP {self.resp.status}")

@@ -160,16 +160,21 @@ def b3sum_time(ctx, src):
 
 # ---------------------------------------------------------------- p2pfs set-ups
 
-def swarm_up(ctx, src, names, downloaders=1, tag="p"):
+def swarm_up(ctx, src, names, downloaders=1, tag="p", security="aes-gcm"):
     """A tracker, one seeder per name in `names` (each publishes `src` under
     its name) and `downloaders` fresh peers; returns them once every name is
-    listed at the tracker."""
+    listed at the tracker. `security`: "aes-gcm" (the default), "chacha-poly"
+    or "plain" (--insecure)."""
     root = ctx.fresh_dir(tag)
-    tracker = H.start_tracker(root, env=ctx.env)
-    seeders = [H.start_peer(root, f"seed{i}", tracker.addr, os.path.join(root, f"seed{i}"),
-                            env=ctx.env, wait=False) for i in range(len(names))]
-    dls = [H.start_peer(root, f"dl{i}", tracker.addr, os.path.join(root, f"dl{i}"),
-                        env=ctx.env, wait=False) for i in range(downloaders)]
+    insecure = security == "plain"
+    env = dict(ctx.env)
+    if not insecure:
+        env["P2PFS_CIPHER"] = security
+    tracker = H.start_tracker(root, env=env, insecure=insecure)
+    seeders = [H.start_peer(root, f"seed{i}", tracker, os.path.join(root, f"seed{i}"),
+                            env=env, wait=False) for i in range(len(names))]
+    dls = [H.start_peer(root, f"dl{i}", tracker, os.path.join(root, f"dl{i}"),
+                        env=env, wait=False) for i in range(downloaders)]
     for p in seeders + dls:
         H.peer_ready(p)
 
@@ -185,9 +190,9 @@ def swarm_up(ctx, src, names, downloaders=1, tag="p"):
     return root, tracker, seeders, dls
 
 
-def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1):
+def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1, security="aes-gcm"):
     names = [f"f{i}" for i in range(n_seeders)]
-    root, tracker, seeders, (dl,) = swarm_up(ctx, src, names)
+    root, tracker, seeders, (dl,) = swarm_up(ctx, src, names, security=security)
     try:
         ctx.prepare_cache(src)
         wall, end = H.timed_fetch(dl, names[0], dst)
@@ -213,8 +218,13 @@ def bench_single(ctx):
         src = ctx.file(size)
         dst = os.path.join(ctx.work, "dst")
         rec = {k: [] for k in ("tcpcopy", "socat", "cp", "p2pfs", "p2pfs_api", "hwm_dl",
-                               "hwm_seed", "ratio_tcp", "ratio_socat", "ratio_cp")}
-        methods = ["p2pfs", "tcpcopy", "socat", "cp"]
+                               "hwm_seed", "ratio_tcp", "ratio_socat", "ratio_cp",
+                               "p2pfs_chacha", "p2pfs_plain", "ratio_tcp_plain",
+                               "enc_throughput", "chacha_throughput")}
+        # p2pfs: the default (Noise, AES-256-GCM); p2pfs_chacha: the same with
+        # ChaCha20-Poly1305; p2pfs_plain: --insecure. Their ratios give the
+        # cost of encryption and the cipher choice, measured in the same run.
+        methods = ["p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp"]
         if not shutil.which("socat"):
             methods.remove("socat")
         for i in range(ctx.runs):
@@ -228,6 +238,9 @@ def bench_single(ctx):
                     rec["p2pfs_api"].append(r["api"])
                     rec["hwm_dl"].append(r["hwm_dl"])
                     rec["hwm_seed"].append(r["hwm_seed"])
+                elif m in ("p2pfs_chacha", "p2pfs_plain"):
+                    sec = "chacha-poly" if m == "p2pfs_chacha" else "plain"
+                    got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec)["wall"]
                 else:
                     ctx.prepare_cache(src)
                     fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
@@ -237,6 +250,10 @@ def bench_single(ctx):
             for k, v in got.items():
                 rec[k].append(v)
             rec["ratio_tcp"].append(got["tcpcopy"] / got["p2pfs"])
+            rec["ratio_tcp_plain"].append(got["tcpcopy"] / got["p2pfs_plain"])
+            # Throughput with encryption relative to plain (1.0 = free).
+            rec["enc_throughput"].append(got["p2pfs_plain"] / got["p2pfs"])
+            rec["chacha_throughput"].append(got["p2pfs_plain"] / got["p2pfs_chacha"])
             if "socat" in got:
                 rec["ratio_socat"].append(got["socat"] / got["p2pfs"])
             rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
@@ -294,7 +311,7 @@ def bench_publish(ctx):
             root = ctx.fresh_dir("pub")
             repo = os.path.join(root, "repo")
             tracker = H.start_tracker(root, env=ctx.env)
-            peer = H.start_peer(root, "peer", tracker.addr, repo, env=ctx.env)
+            peer = H.start_peer(root, "peer", tracker, repo, env=ctx.env)
             try:
                 t0 = time.monotonic()
                 H.publish(peer, src, "f")
@@ -315,7 +332,7 @@ def bench_publish(ctx):
                     time.sleep(0.01)
                 ctx.prepare_cache(src)
                 t0 = time.monotonic()
-                peer = H.start_peer(root, "peer2", tracker.addr, repo, env=ctx.env)
+                peer = H.start_peer(root, "peer2", tracker, repo, env=ctx.env)
                 t1, _ = H.wait_listed(tracker, "f", timeout=60)
                 got["republish"] = t1 - t0
             finally:
@@ -501,13 +518,26 @@ def table(results):
         for label, x in r.items():
             b = f"1. single source, {label}"
             size = x["size"]
-            for k in ("p2pfs", "tcpcopy", "socat", "cp"):
-                if x[k]["n"]:
+            names = {"p2pfs": "p2pfs (encrypted, AES-GCM)",
+                     "p2pfs_chacha": "p2pfs (encrypted, ChaCha20-Poly1305)",
+                     "p2pfs_plain": "p2pfs --insecure (plain)"}
+            for k in ("p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp"):
+                if x.get(k, {}).get("n"):
                     thr = H.summary([mib_s(size, v) for v in x[k]["values"]])
-                    row(b, f"{k} time, s (MiB/s)", f"{fs(x[k])} ({thr['median']:.0f})")
+                    row(b, f"{names.get(k, k)} time, s (MiB/s)",
+                        f"{fs(x[k])} ({thr['median']:.0f})")
             row(b, "p2pfs `elapsed_secs` from the API, s", fs(x["p2pfs_api"]))
-            row(b, "**p2pfs / raw TCP (tcpcopy) throughput**", fs(x["ratio_tcp"]), "≥ 0.9",
-                met(x["ratio_tcp"], lambda v: v >= 0.9))
+            if x.get("ratio_tcp_plain", {}).get("n"):
+                row(b, "**p2pfs --insecure / raw TCP (tcpcopy) throughput**",
+                    fs(x["ratio_tcp_plain"]), "≥ 0.9",
+                    met(x["ratio_tcp_plain"], lambda v: v >= 0.9))
+            row(b, "**p2pfs encrypted / raw TCP (tcpcopy) throughput**", fs(x["ratio_tcp"]),
+                "≥ 0.8", met(x["ratio_tcp"], lambda v: v >= 0.8))
+            if x.get("enc_throughput", {}).get("n"):
+                row(b, "**encrypted (AES-GCM) / plain throughput**", fs(x["enc_throughput"]),
+                    "≥ 0.75", met(x["enc_throughput"], lambda v: v >= 0.75))
+                row(b, "encrypted (ChaCha20-Poly1305) / plain throughput",
+                    fs(x["chacha_throughput"]))
             if x["ratio_socat"]["n"]:
                 row(b, "p2pfs / socat throughput", fs(x["ratio_socat"]))
             row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))

@@ -116,7 +116,7 @@ def run_once(ctx, net, src, size, n):
     peers = []
     try:
         for i in range(n + 1):
-            peers.append(H.start_peer(root, f"h{i}", tracker.addr, os.path.join(root, f"h{i}"),
+            peers.append(H.start_peer(root, f"h{i}", tracker, os.path.join(root, f"h{i}"),
                                       listen=f"{net.ip(i)}:0", http=f"{net.ip(i)}:0",
                                       netns=net.ns(i), env=ctx.env, wait=False))
         for p in peers:

@@ -20,6 +20,11 @@ pub(crate) const SECRET_FILE: &str = "network.secret";
 /// Environment variable holding a secret (or a join token).
 pub(crate) const SECRET_ENV: &str = "P2PFS_SECRET";
 
+/// Environment variable choosing the cipher a node proposes on the
+/// connections it opens: `aes-gcm` (the default, fastest with AES hardware)
+/// or `chacha-poly` (for CPUs without it). A node accepts either.
+pub(crate) const CIPHER_ENV: &str = "P2PFS_CIPHER";
+
 /// Printed when a daemon starts with `--insecure`.
 pub(crate) const INSECURE_WARNING: &str = "warning: --insecure: connections are neither authenticated nor encrypted; anyone who can reach this node can list, join and fetch";
 
@@ -74,6 +79,16 @@ pub(crate) fn write_file(path: &Path, secret: &NetworkSecret) -> anyhow::Result<
     Ok(())
 }
 
+/// Noise with `secret` and the cipher `$P2PFS_CIPHER` asks for.
+fn noise(secret: NetworkSecret) -> anyhow::Result<Security> {
+    let suite = match std::env::var(CIPHER_ENV).as_deref() {
+        Err(_) | Ok("" | "aes-gcm") => p2pfs_proto::secure::Suite::AesGcm,
+        Ok("chacha-poly") => p2pfs_proto::secure::Suite::ChaChaPoly,
+        Ok(other) => bail!("${CIPHER_ENV} is '{other}'; use aes-gcm or chacha-poly"),
+    };
+    Ok(Security::Noise { secret, suite })
+}
+
 fn from_env() -> anyhow::Result<Option<NetworkSecret>> {
     match std::env::var(SECRET_ENV) {
         Ok(v) if !v.trim().is_empty() => parse(&v)
@@ -89,14 +104,14 @@ pub(crate) fn tracker(args: &SecretArgs, data: &Path) -> anyhow::Result<Security
         return Ok(Security::Insecure);
     }
     if let Some(f) = &args.secret_file {
-        return Ok(Security::secret(read_file(f)?));
+        return noise(read_file(f)?);
     }
     if let Some(s) = from_env()? {
-        return Ok(Security::secret(s));
+        return noise(s);
     }
     let path = data.join(SECRET_FILE);
     if path.exists() {
-        return Ok(Security::secret(read_file(&path)?));
+        return noise(read_file(&path)?);
     }
     let secret = NetworkSecret::generate();
     write_file(&path, &secret)?;
@@ -104,7 +119,7 @@ pub(crate) fn tracker(args: &SecretArgs, data: &Path) -> anyhow::Result<Security
         "created a new network secret in {} (keep it private)",
         path.display()
     );
-    Ok(Security::secret(secret))
+    noise(secret)
 }
 
 /// The peer's security and the tracker from its join token, if any.
@@ -140,10 +155,10 @@ pub(crate) fn peer(
         if kept.as_ref() != Some(&secret) {
             write_file(&path, &secret)?;
         }
-        return Ok((Security::secret(secret), tracker));
+        return Ok((noise(secret)?, tracker));
     }
     if path.exists() {
-        return Ok((Security::secret(read_file(&path)?), None));
+        return Ok((noise(read_file(&path)?)?, None));
     }
     bail!(
         "this peer has no network secret yet. Start it with --join TOKEN (the tracker prints the \
