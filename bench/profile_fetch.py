@@ -26,6 +26,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--out", default=None, help="keep perf.data files here")
+    ap.add_argument("--insecure", action="store_true", help="plain transport (no encryption)")
     args = ap.parse_args()
     if not shutil.which("perf"):
         sys.exit("perf not found (apt-get install linux-perf)")
@@ -36,7 +37,7 @@ def main():
     size = args.size_mib * H.MiB
     src = os.path.join(work, "src")
     H.make_random_file(src, size)
-    tracker = H.start_tracker(work)
+    tracker = H.start_tracker(work, insecure=args.insecure)
     seed = H.start_peer(work, "seed", tracker, os.path.join(work, "seed"))
     dl = H.start_peer(work, "dl", tracker, os.path.join(work, "dl"))
     H.publish(seed, src, "f")

@@ -212,7 +212,8 @@ def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1, security="aes-gcm"):
 # ---------------------------------------------------------------- benchmarks
 
 def bench_single(ctx):
-    sizes = [32 * H.MiB] if ctx.args.quick else [H.GiB, 5 * H.GiB]
+    sizes = ([32 * H.MiB] if ctx.args.quick
+             else [int(m) * H.MiB for m in ctx.args.single_mib.split(",")])
     out = {}
     for size in sizes:
         src = ctx.file(size)
@@ -633,6 +634,8 @@ def main():
                          "choke this 2-core machine, see BENCHMARKS.md)")
     ap.add_argument("--many-timeout", type=float, default=300,
                     help="give up on a benchmark 7 repetition after this many seconds")
+    ap.add_argument("--single-mib", default="1024,5120",
+                    help="file sizes in MiB for benchmark 1 (quick: 32)")
     ap.add_argument("--swarm-n", default="8,16,32", help="leecher counts for benchmark 3")
     ap.add_argument("--swarm-rate", type=int, default=20, help="upload Mbit/s per host")
     ap.add_argument("--results", default=None,

@@ -252,7 +252,10 @@ fn noise_failed(e: snow::Error) -> ProtoError {
     ProtoError::Io(io::Error::other(format!("noise handshake: {e}")))
 }
 
-async fn read_record(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, ProtoError> {
+async fn read_record<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, ProtoError> {
     let len = stream.read_u16().await.map_err(eof_is_closed)? as usize;
     if len == 0 || len > max {
         return Err(ProtoError::FrameTooLarge { len, max });
@@ -338,6 +341,28 @@ pub async fn initiate(mut stream: TcpStream, security: &Security) -> Result<Stre
 /// # Errors
 /// As [`initiate`].
 pub async fn respond(mut stream: TcpStream, security: &Security) -> Result<Stream, ProtoError> {
+    let state = respond_handshake(&mut stream, security).await?;
+    Ok(Stream::new(stream, state))
+}
+
+/// Feeds `input` to a responder holding a fixed secret, as the bytes an
+/// initiator sent, and reports whether the handshake succeeded. For the
+/// `handshake` fuzz target: the part of a node an outsider can reach.
+#[doc(hidden)]
+pub async fn fuzz_respond(input: &[u8]) -> bool {
+    // The pipe holds all of the input, so writing it never waits.
+    let input = &input[..input.len().min(60 * 1024)];
+    let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let _ = theirs.write_all(input).await;
+    drop(theirs.shutdown().await);
+    let security = Security::secret(NetworkSecret::from_bytes([7; SECRET_LEN]));
+    respond_handshake(&mut ours, &security).await.is_ok()
+}
+
+async fn respond_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    security: &Security,
+) -> Result<Option<Arc<StatelessTransportState>>, ProtoError> {
     let mut theirs = [0u8; PREAMBLE_LEN];
     stream
         .read_exact(&mut theirs)
@@ -373,7 +398,7 @@ pub async fn respond(mut stream: TcpStream, security: &Security) -> Result<Strea
                 .and_then(|b| b.psk(0, &psk))
                 .and_then(snow::Builder::build_responder)
                 .map_err(noise_failed)?;
-            let msg = read_record(&mut stream, MAX_HANDSHAKE_LEN).await?;
+            let msg = read_record(stream, MAX_HANDSHAKE_LEN).await?;
             let mut payload = [0u8; MAX_HANDSHAKE_LEN];
             if hs.read_message(&msg, &mut payload).is_err() {
                 let _ = stream.write_all(&refuse(STATUS_WRONG_SECRET)).await;
@@ -397,7 +422,7 @@ pub async fn respond(mut stream: TcpStream, security: &Security) -> Result<Strea
             });
         }
     };
-    Ok(Stream::new(stream, state))
+    Ok(state)
 }
 
 /// A connection after the security handshake: plain, or sealed both ways.
@@ -426,7 +451,9 @@ impl Stream {
                 noise: state.map(|s| Sealer {
                     state: s,
                     nonce: 0,
-                    out: BytesMut::with_capacity(WRITE_BACKLOG + 2 * MAX_RECORD_LEN),
+                    out: Vec::new(),
+                    start: 0,
+                    end: 0,
                 }),
             },
         }
@@ -591,20 +618,43 @@ pub struct WriteHalf {
 struct Sealer {
     state: Arc<StatelessTransportState>,
     nonce: u64,
-    /// Sealed records not yet written to the socket.
-    out: BytesMut,
+    /// Sealed records not yet written to the socket are `out[start..end]`.
+    /// The buffer is zeroed once and reused, so sealing never clears memory.
+    out: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 impl Sealer {
+    /// Sealed bytes waiting for the socket.
+    fn pending(&self) -> usize {
+        self.end - self.start
+    }
+
     fn seal(&mut self, plain: &[u8]) -> io::Result<()> {
         let len = plain.len() + TAG_LEN;
-        let start = self.out.len();
-        self.out.resize(start + 2 + len, 0);
-        self.out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end + 2 + len > self.out.len() {
+            if self.start > 0 {
+                self.out.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let need = (self.end + 2 + len).max(WRITE_BACKLOG + 2 + MAX_RECORD_LEN);
+            if need > self.out.len() {
+                self.out.resize(need, 0);
+            }
+        }
+        let at = self.end;
+        self.out[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
         self.state
-            .write_message(self.nonce, plain, &mut self.out[start + 2..])
+            .write_message(self.nonce, plain, &mut self.out[at + 2..at + 2 + len])
             .map_err(|e| io::Error::other(format!("sealing a record: {e}")))?;
         self.nonce += 1;
+        self.end = at + 2 + len;
         Ok(())
     }
 
@@ -614,12 +664,12 @@ impl Sealer {
         inner: &mut OwnedWriteHalf,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let n = ready!(Pin::new(&mut *inner).poll_write(cx, &self.out))?;
+        while self.start < self.end {
+            let n = ready!(Pin::new(&mut *inner).poll_write(cx, &self.out[self.start..self.end]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out.advance(n);
+            self.start += n;
         }
         Poll::Ready(Ok(()))
     }
@@ -637,11 +687,11 @@ impl AsyncWrite for WriteHalf {
         };
         match s.poll_drain(&mut this.inner, cx) {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending if s.out.len() >= WRITE_BACKLOG => return Poll::Pending,
+            Poll::Pending if s.pending() >= WRITE_BACKLOG => return Poll::Pending,
             _ => {}
         }
         let mut taken = 0;
-        while taken < buf.len() && s.out.len() < WRITE_BACKLOG {
+        while taken < buf.len() && s.pending() < WRITE_BACKLOG {
             let n = MAX_RECORD_PLAIN.min(buf.len() - taken);
             s.seal(&buf[taken..taken + n])?;
             taken += n;

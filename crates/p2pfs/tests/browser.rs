@@ -266,3 +266,63 @@ async fn publish_fetch_and_ping_in_a_real_browser() -> Result {
     eprintln!("screenshots in {}", shots.display());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_the_access_token_once() -> Result {
+    let Some(driver) = start_driver()? else {
+        return Ok(());
+    };
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots)?;
+    let net = Net::new()?;
+    // An API on every address needs a token: the daemon generates one.
+    let repo = net.path("carol").to_string_lossy().to_string();
+    let mut p = Proc::spawn(
+        "carol",
+        &[
+            "peer",
+            "--join",
+            &net.join,
+            "--repo",
+            &repo,
+            "--http",
+            "0.0.0.0:0",
+        ],
+    )?;
+    let url = p.read_api()?;
+    let note = p.expect("needs this access token")?;
+    let token = note.rsplit(' ').next().ok_or("no token")?.to_string();
+    let c = browser(&driver).await?;
+    let result = async {
+        c.goto(&url).await?;
+        wait_for(&c, "#token-card").await?;
+        screenshot(&c, &shots, "token-asked").await?;
+        // A wrong token is refused and asked again.
+        type_into(&c, "#token-input", "not-the-token").await?;
+        wait_for(&c, "#token-form button[type=submit]")
+            .await?
+            .click()
+            .await?;
+        wait_text(&c, "#token-card .form-error", "the refusal", |t| {
+            t.contains("refused")
+        })
+        .await?;
+        // The right one opens the page, live updates included.
+        type_into(&c, "#token-input", &token).await?;
+        wait_for(&c, "#token-form button[type=submit]")
+            .await?
+            .click()
+            .await?;
+        wait_for(&c, "#publish-path").await?;
+        wait_text(&c, "#status", "the status", |t| t.contains("connected to")).await?;
+        // Kept for the session: a reload does not ask again.
+        c.refresh().await?;
+        wait_for(&c, "#publish-path").await?;
+        assert!(c.find(Locator::Css("#token-card")).await.is_err());
+        screenshot(&c, &shots, "token-accepted").await?;
+        Result::Ok(())
+    }
+    .await;
+    c.close().await?;
+    result
+}
