@@ -76,6 +76,9 @@ pub struct TrackerStatus {
     pub peers: usize,
     /// Published files.
     pub files: usize,
+    /// The command peers join with once serving (it carries the network
+    /// secret), e.g. `p2pfs peer --join p2pfs1:SECRET@10.0.0.1:7000`.
+    pub join: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/status", tag = "tracker",
@@ -87,7 +90,17 @@ async fn status(State(api): State<TrackerApi>) -> Json<TrackerStatus> {
         listening: api.tracker.local_addr().map(|a| a.to_string()),
         peers: api.tracker.peers().len(),
         files: api.tracker.files().len(),
+        join: join_command(&api.tracker),
     })
+}
+
+/// The command peers join with, once the tracker serves.
+pub fn join_command(tracker: &p2pfs_tracker::TrackerHandle) -> Option<String> {
+    match (tracker.join_token(), tracker.local_addr()) {
+        (Some(t), _) => Some(format!("p2pfs peer --join {}", t.to_text())),
+        (None, Some(bound)) => Some(format!("p2pfs peer --insecure --tracker {bound}")),
+        (None, None) => None,
+    }
 }
 
 /// Answer to `start`.

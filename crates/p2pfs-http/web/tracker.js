@@ -56,8 +56,8 @@ function initTracker(initialStatus) {
     setText($('#peers-count'), rows.length ? String(rows.length) : '');
     setHidden($('#peers').closest('.table-wrap'), rows.length === 0);
     if (err) fillEmpty(empty, err);
-    else if (!S.status.listening) fillEmpty(empty, 'The tracker is not started yet. Start it above, then run `p2pfs peer --tracker ADDR` on any machine.');
-    else if (!rows.length) fillEmpty(empty, `No peers online yet. Start a peer with \`p2pfs peer --tracker ${connectHint(S.status.listening)}\`.`);
+    else if (!S.status.listening) fillEmpty(empty, 'The tracker is not started yet. Start it above; this page then shows the command peers join with.');
+    else if (!rows.length) fillEmpty(empty, `No peers online yet. Start a peer on any machine with \`${S.status.join || `p2pfs peer --tracker ${connectHint(S.status.listening)}`}\` (the token carries the network secret: share it only with your peers).`);
     else empty.hidden = true;
   }
 

@@ -169,11 +169,9 @@ pub(crate) fn peer(
 
 /// The line a tracker prints so peers can join.
 pub(crate) fn join_line(tracker: &p2pfs_tracker::TrackerHandle) -> String {
-    match (tracker.join_token(), tracker.local_addr()) {
-        (Some(t), _) => format!("peers join with:  p2pfs peer --join {}", t.to_text()),
-        (None, Some(bound)) => format!("peers join with:  p2pfs peer --insecure --tracker {bound}"),
-        (None, None) => String::new(),
-    }
+    p2pfs_http::tracker::join_command(tracker)
+        .map(|c| format!("peers join with:  {c}"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
