@@ -5,6 +5,6 @@
 //!
 //! - `tcpcopy`: a plain TCP sender/receiver, the "raw TCP copy into a file"
 //!   reference for single-source fetch throughput.
-//!
-//! A tracker load generator (`trackerload`, on `p2pfs-proto`) belongs here
-//! too; it is not written yet (see BENCHMARKS.md).
+//! - `trackerload`: a tracker load generator speaking the real protocol
+//!   (benchmark 6): many peers and files, then many connections timing
+//!   file-location and chunk-register requests.

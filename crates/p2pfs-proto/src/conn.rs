@@ -124,6 +124,21 @@ pub async fn connect(
         Ok(TcpStream::connect(addr).await?)
     })
     .await?;
+    connect_stream(stream, addr, me, expect, security).await
+}
+
+/// [`connect`] over an already connected socket (for callers that bind the
+/// local address themselves).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_stream(
+    stream: TcpStream,
+    addr: SocketAddr,
+    me: Role,
+    expect: Role,
+    security: &Security,
+) -> Result<Stream, ProtoError> {
     stream.set_nodelay(true)?;
     let mut stream = with_timeout(
         CONNECT_TIMEOUT,

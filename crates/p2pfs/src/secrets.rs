@@ -153,6 +153,12 @@ pub(crate) fn peer(
             .ok()
             .flatten();
         if kept.as_ref() != Some(&secret) {
+            if kept.is_some() {
+                println!(
+                    "replacing the network secret kept in {} (this peer joins another network)",
+                    path.display()
+                );
+            }
             write_file(&path, &secret)?;
         }
         return Ok((noise(secret)?, tracker));
