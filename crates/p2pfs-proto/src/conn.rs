@@ -357,7 +357,10 @@ async fn rpc_task(
     stream: Stream,
     mut rx: mpsc::Receiver<(Message, Pending)>,
 ) -> Result<(), ProtoError> {
-    let (mut reader, mut writer) = split(stream);
+    // Control traffic only: a small read buffer that grows when needed.
+    let (r, w) = stream.into_split();
+    let mut reader = FramedRead::with_capacity(r, FrameCodec, 4096);
+    let mut writer = FrameWriter::new(w);
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;
     let result = loop {

@@ -45,6 +45,9 @@ pub const MAX_RECORD_PLAIN: usize = MAX_RECORD_LEN - TAG_LEN;
 const MAX_HANDSHAKE_LEN: usize = 1024;
 /// Sealed bytes a writer queues before it waits for the socket.
 const WRITE_BACKLOG: usize = 256 * 1024;
+/// Smallest and largest read a reader asks the socket for, in bytes.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
 /// Bound into the handshake hash: a peer speaking another protocol version
 /// or application cannot complete it even with the right key.
 const PROLOGUE: &[u8] = b"p2pfs wire protocol v2";
@@ -441,7 +444,8 @@ impl Stream {
                 noise: state.clone().map(|s| Opener {
                     state: s,
                     nonce: 0,
-                    buf: BytesMut::with_capacity(256 * 1024),
+                    buf: BytesMut::new(),
+                    read_hint: MIN_READ,
                     plain: Vec::new(),
                     plain_pos: 0,
                 }),
@@ -509,6 +513,10 @@ struct Opener {
     nonce: u64,
     /// Sealed bytes read from the socket, not yet opened.
     buf: BytesMut,
+    /// How much to ask the socket for: grows while reads fill what they are
+    /// offered (bulk transfer), shrinks when they do not (control traffic),
+    /// so an idle connection keeps a small buffer.
+    read_hint: usize,
     /// An opened record too large for the caller's buffer, and how much of
     /// it has been handed out.
     plain: Vec<u8>,
@@ -520,6 +528,15 @@ fn bad_record(what: &str) -> io::Error {
 }
 
 impl Opener {
+    /// Bytes still missing to complete the record at the front of `buf`.
+    fn missing(&self) -> usize {
+        if self.buf.len() < 2 {
+            return 2 - self.buf.len();
+        }
+        let len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
+        (2 + len).saturating_sub(self.buf.len())
+    }
+
     /// The length of the complete record at the front of `buf`, if any.
     fn complete(&self) -> io::Result<Option<usize>> {
         if self.buf.len() < 2 {
@@ -589,14 +606,21 @@ impl AsyncRead for ReadHalf {
             if o.plain_pos < o.plain.len() {
                 continue;
             }
-            if o.buf.capacity() - o.buf.len() < 2 + MAX_RECORD_LEN {
-                o.buf.reserve(2 + MAX_RECORD_LEN);
+            let want = o.missing().max(o.read_hint);
+            if o.buf.capacity() - o.buf.len() < want {
+                o.buf.reserve(want);
             }
+            let offered = o.buf.capacity() - o.buf.len();
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.inner),
                 cx,
                 &mut o.buf
             ))?;
+            if n == offered {
+                o.read_hint = (o.read_hint * 2).min(MAX_READ);
+            } else if n < o.read_hint / 4 {
+                o.read_hint = (o.read_hint / 2).max(MIN_READ);
+            }
             if n == 0 {
                 return if o.buf.is_empty() {
                     Poll::Ready(Ok(()))
@@ -643,9 +667,12 @@ impl Sealer {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let need = (self.end + 2 + len).max(WRITE_BACKLOG + 2 + MAX_RECORD_LEN);
+            // Grow by doubling, so control traffic keeps a small buffer
+            // and bulk traffic zeroes memory only while it grows.
+            let need = self.end + 2 + len;
             if need > self.out.len() {
-                self.out.resize(need, 0);
+                let grown = (self.out.len() * 2).min(WRITE_BACKLOG + 2 + MAX_RECORD_LEN);
+                self.out.resize(need.max(grown), 0);
             }
         }
         let at = self.end;

@@ -3,7 +3,7 @@
 //! persisted. All methods are synchronous and quick, so callers hold the
 //! state's mutex only for the call (never across an await).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +17,18 @@ struct PeerEntry {
     addr: SocketAddr,
     conn_id: u64,
     since: u64,
+    /// Contents it holds at least part of (index of `Content::holders`).
+    holds: HashSet<ContentId>,
+}
+
+/// One publisher's publications (index of `State::publications`): they
+/// outlive the publisher while someone else holds the content.
+#[derive(Debug, Default)]
+struct Published {
+    /// Name -> local path.
+    names: BTreeMap<String, String>,
+    /// Local path -> name.
+    paths: HashMap<String, String>,
 }
 
 /// A (name, publisher) entry.
@@ -31,14 +43,19 @@ struct Publication {
 struct Content {
     manifest: Arc<Manifest>,
     holders: HashMap<PeerId, Bitfield>,
+    /// Its publications (index of `State::publications`).
+    names: BTreeSet<(String, PeerId)>,
 }
 
-/// Tracker state. See the module docs.
+/// Tracker state. See the module docs. Besides the maps themselves, it keeps
+/// indexes (per peer: what it holds; per publisher: names and paths; per
+/// content: its publications) so that no request scans the whole network.
 #[derive(Debug, Default)]
 pub struct State {
     peers: HashMap<PeerId, PeerEntry>,
     by_addr: HashMap<SocketAddr, PeerId>,
     publications: BTreeMap<(String, PeerId), Publication>,
+    by_publisher: HashMap<PeerId, Published>,
     contents: HashMap<ContentId, Content>,
 }
 
@@ -61,23 +78,29 @@ impl State {
                 self.remove_peer(old, None);
             }
         }
-        if let Some(old) = self.peers.get(&peer_id) {
+        if let Some(old) = self.peers.get_mut(&peer_id) {
+            // The same peer on a new connection keeps what it holds.
             let old_addr = old.addr;
+            old.addr = addr;
+            old.conn_id = conn_id;
             self.by_addr.remove(&old_addr);
+        } else {
+            self.peers.insert(
+                peer_id,
+                PeerEntry {
+                    addr,
+                    conn_id,
+                    since: now_secs(),
+                    holds: HashSet::new(),
+                },
+            );
         }
-        let since = self.peers.get(&peer_id).map_or_else(now_secs, |p| p.since);
-        self.peers.insert(
-            peer_id,
-            PeerEntry {
-                addr,
-                conn_id,
-                since,
-            },
-        );
         self.by_addr.insert(addr, peer_id);
-        for ((_, publisher), publication) in self.publications.iter_mut() {
-            if *publisher == peer_id {
-                publication.publisher_addr = addr;
+        if let Some(published) = self.by_publisher.get(&peer_id) {
+            for name in published.names.keys() {
+                if let Some(p) = self.publications.get_mut(&(name.clone(), peer_id)) {
+                    p.publisher_addr = addr;
+                }
             }
         }
     }
@@ -90,17 +113,45 @@ impl State {
             Some(p) if conn_id.is_none_or(|c| c == p.conn_id) => {}
             _ => return false,
         }
-        if let Some(p) = self.peers.remove(&peer_id) {
-            self.by_addr.remove(&p.addr);
+        let Some(p) = self.peers.remove(&peer_id) else {
+            return false;
+        };
+        self.by_addr.remove(&p.addr);
+        for cid in p.holds {
+            self.drop_holder(cid, peer_id);
         }
-        self.contents.retain(|_, c| {
-            c.holders.remove(&peer_id);
-            !c.holders.is_empty()
-        });
-        let contents = &self.contents;
-        self.publications
-            .retain(|_, p| contents.contains_key(&p.content_id));
         true
+    }
+
+    /// Forgets that `peer_id` holds `cid`; once nobody holds it, forgets the
+    /// content and its publications.
+    fn drop_holder(&mut self, cid: ContentId, peer_id: PeerId) {
+        let Some(content) = self.contents.get_mut(&cid) else {
+            return;
+        };
+        content.holders.remove(&peer_id);
+        if !content.holders.is_empty() {
+            return;
+        }
+        let Some(content) = self.contents.remove(&cid) else {
+            return;
+        };
+        for key in content.names {
+            self.remove_publication(&key);
+        }
+    }
+
+    /// Removes a publication from the map and the publisher's index.
+    fn remove_publication(&mut self, key: &(String, PeerId)) -> Option<Publication> {
+        let publ = self.publications.remove(key)?;
+        if let Some(published) = self.by_publisher.get_mut(&key.1) {
+            published.names.remove(&key.0);
+            published.paths.remove(&publ.local_path);
+            if published.names.is_empty() {
+                self.by_publisher.remove(&key.1);
+            }
+        }
+        Some(publ)
     }
 
     /// Number of online peers.
@@ -143,10 +194,11 @@ impl State {
                 ));
             }
         }
-        if let Some(((other, _), _)) = self
-            .publications
-            .iter()
-            .find(|((n, p), publ)| *p == peer_id && publ.local_path == local_path && *n != name)
+        if let Some(other) = self
+            .by_publisher
+            .get(&peer_id)
+            .and_then(|p| p.paths.get(&local_path))
+            .filter(|other| **other != name)
         {
             return Err((
                 ErrorCode::PathTaken,
@@ -157,8 +209,21 @@ impl State {
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
             holders: HashMap::new(),
+            names: BTreeSet::new(),
         });
         content.holders.insert(peer_id, Bitfield::full(chunks));
+        content.names.insert((name.clone(), peer_id));
+        if let Some(e) = self.peers.get_mut(&peer_id) {
+            e.holds.insert(content_id);
+        }
+        // The same name again means the same content (checked above): a
+        // re-publish, maybe from another path.
+        if let Some(old) = self.remove_publication(&(name.clone(), peer_id)) {
+            debug_assert_eq!(old.content_id, content_id);
+        }
+        let published = self.by_publisher.entry(peer_id).or_default();
+        published.names.insert(name.clone(), local_path.clone());
+        published.paths.insert(local_path.clone(), name.clone());
         self.publications.insert(
             (name, peer_id),
             Publication {
@@ -176,26 +241,28 @@ impl State {
     /// # Errors
     /// `NotFound` when the peer published no such name.
     pub fn unpublish(&mut self, peer_id: PeerId, name: &str) -> Result<(), Refusal> {
-        let Some(publ) = self.publications.remove(&(name.to_string(), peer_id)) else {
+        let key = (name.to_string(), peer_id);
+        let Some(publ) = self.remove_publication(&key) else {
             return Err((
                 ErrorCode::NotFound,
                 format!("you have not published a file named '{name}'"),
             ));
         };
-        let still_published = self
-            .publications
-            .iter()
-            .any(|((_, p), other)| *p == peer_id && other.content_id == publ.content_id);
+        if let Some(c) = self.contents.get_mut(&publ.content_id) {
+            c.names.remove(&key);
+        }
+        let still_published = self.by_publisher.get(&peer_id).is_some_and(|p| {
+            p.names.keys().any(|n| {
+                self.publications
+                    .get(&(n.clone(), peer_id))
+                    .is_some_and(|other| other.content_id == publ.content_id)
+            })
+        });
         if !still_published {
-            if let Some(content) = self.contents.get_mut(&publ.content_id) {
-                content.holders.remove(&peer_id);
-                if content.holders.is_empty() {
-                    self.contents.remove(&publ.content_id);
-                    let contents = &self.contents;
-                    self.publications
-                        .retain(|_, p| contents.contains_key(&p.content_id));
-                }
+            if let Some(e) = self.peers.get_mut(&peer_id) {
+                e.holds.remove(&publ.content_id);
             }
+            self.drop_holder(publ.content_id, peer_id);
         }
         Ok(())
     }
@@ -235,12 +302,16 @@ impl State {
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
             holders: HashMap::new(),
+            names: BTreeSet::new(),
         });
         content
             .holders
             .entry(peer_id)
             .or_insert_with(|| Bitfield::new(n))
             .union_with(have);
+        if let Some(e) = self.peers.get_mut(&peer_id) {
+            e.holds.insert(content_id);
+        }
         Ok(content_id)
     }
 
@@ -279,6 +350,9 @@ impl State {
             .or_insert_with(|| Bitfield::new(n));
         for &i in indexes {
             have.set(i);
+        }
+        if let Some(e) = self.peers.get_mut(&peer_id) {
+            e.holds.insert(content_id);
         }
         Ok(())
     }
@@ -400,11 +474,12 @@ impl State {
         let Some(peer_id) = self.by_addr.get(&addr).copied() else {
             return Err((ErrorCode::NotFound, format!("no peer is online at {addr}")));
         };
-        let files = self
-            .publications
-            .iter()
-            .filter(|((_, p), _)| *p == peer_id)
-            .filter_map(|((name, _), p)| {
+        let names = self.by_publisher.get(&peer_id).map(|p| &p.names);
+        let files = names
+            .into_iter()
+            .flat_map(|n| n.keys())
+            .filter_map(|name| {
+                let p = self.publications.get(&(name.clone(), peer_id))?;
                 let c = self.contents.get(&p.content_id)?;
                 Some(PublishedInfo {
                     name: name.clone(),
@@ -431,16 +506,8 @@ impl State {
                 peer_id: *id,
                 addr: p.addr,
                 connected_since: p.since,
-                published: self
-                    .publications
-                    .keys()
-                    .filter(|(_, pid)| pid == id)
-                    .count() as u32,
-                holding: self
-                    .contents
-                    .values()
-                    .filter(|c| c.holders.contains_key(id))
-                    .count() as u32,
+                published: self.by_publisher.get(id).map_or(0, |b| b.names.len()) as u32,
+                holding: p.holds.len() as u32,
             })
             .collect();
         peers.sort_by_key(|p| p.addr);
@@ -453,11 +520,13 @@ impl State {
             .contents
             .iter()
             .map(|(cid, c)| ChunkInfo {
-                names: self
-                    .publications
+                names: c
+                    .names
                     .iter()
-                    .filter(|(_, p)| p.content_id == *cid)
-                    .map(|((n, _), p)| (n.clone(), p.publisher_addr))
+                    .filter_map(|key| {
+                        let p = self.publications.get(key)?;
+                        Some((key.0.clone(), p.publisher_addr))
+                    })
                     .collect(),
                 content_id: *cid,
                 chunks: c.manifest.chunk_count(),
@@ -473,6 +542,81 @@ impl State {
 mod tests {
     use super::*;
     use p2pfs_proto::limits::MIN_CHUNK_SIZE;
+    use rand::{Rng, SeedableRng};
+
+    impl State {
+        /// Panics unless every index agrees with the maps it indexes.
+        fn check_indexes(&self) {
+            for ((name, publisher), p) in &self.publications {
+                let idx = &self.by_publisher[publisher];
+                assert_eq!(idx.names.get(name), Some(&p.local_path));
+                assert_eq!(idx.paths.get(&p.local_path), Some(name));
+                let c = &self.contents[&p.content_id];
+                assert!(c.names.contains(&(name.clone(), *publisher)));
+            }
+            for (publisher, idx) in &self.by_publisher {
+                assert!(!idx.names.is_empty());
+                assert_eq!(idx.names.len(), idx.paths.len());
+                for name in idx.names.keys() {
+                    assert!(self.publications.contains_key(&(name.clone(), *publisher)));
+                }
+            }
+            for (cid, c) in &self.contents {
+                assert!(!c.holders.is_empty(), "a content nobody holds");
+                for holder in c.holders.keys() {
+                    assert!(self.peers[holder].holds.contains(cid), "holder not indexed");
+                }
+                for key in &c.names {
+                    assert_eq!(self.publications[key].content_id, *cid);
+                }
+            }
+            for (id, e) in &self.peers {
+                assert_eq!(self.by_addr[&e.addr], *id);
+                for cid in &e.holds {
+                    assert!(self.contents[cid].holders.contains_key(id), "stale holds");
+                }
+            }
+        }
+    }
+
+    /// Random operations from a handful of peers on a handful of files; the
+    /// indexes must agree with the maps after every one of them.
+    #[test]
+    fn indexes_stay_consistent_under_random_operations() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let ids: Vec<PeerId> = (0..6u8).map(|i| PeerId([i; 16])).collect();
+        let addr = |i: usize| -> SocketAddr { format!("10.0.0.{i}:7000").parse().unwrap() };
+        let mut s = State::default();
+        let (mut published, mut dropped) = (0, 0);
+        for step in 0..5000 {
+            let p = rng.random_range(0..ids.len());
+            let f = rng.random_range(0..5u8);
+            match rng.random_range(0..7) {
+                0 => s.register(ids[p], addr(p + rng.random_range(0..2) * 10), step),
+                1 | 2 => {
+                    let name = format!("f{}", rng.random_range(0..4));
+                    let path = format!("/d/{}", rng.random_range(0..4));
+                    published += usize::from(s.publish(ids[p], name, path, manifest(f, 3)).is_ok());
+                }
+                3 => {
+                    let _ = s.unpublish(ids[p], &format!("f{}", rng.random_range(0..4)));
+                }
+                4 => {
+                    let cid = manifest(f, 3).content_id();
+                    let _ = s.chunk_register(ids[p], cid, &[rng.random_range(0..3)]);
+                }
+                5 => {
+                    let mut have = Bitfield::new(3);
+                    have.set(rng.random_range(0..3));
+                    let _ = s.have(ids[p], manifest(f, 3), &have);
+                }
+                _ => dropped += usize::from(s.remove_peer(ids[p], None)),
+            }
+            s.check_indexes();
+        }
+        // The sequence really exercised publishing and leaving.
+        assert!(published > 300 && dropped > 100, "{published} {dropped}");
+    }
 
     fn manifest(seed: u8, chunks: usize) -> Manifest {
         Manifest {

@@ -4,10 +4,11 @@
 //!    127.0.0.2, .3, … so the tracker's per-address cap does not apply), each
 //!    registers as a peer and publishes its share of `--files` one-chunk
 //!    files. Idle peers heartbeat so the tracker keeps them.
-//! 2. **Load.** `--conns` of those connections each keep `--depth` requests
-//!    in flight for `--secs` seconds, alternating `RequestFileLocation` (a
-//!    random published name) and `RequestChunkRegister` (chunk 0 of a random
-//!    file), and time every request.
+//! 2. **Load.** `--conns` more peers, one connection each, send batches of
+//!    `--depth` pipelined requests for `--secs` seconds (after a 2 s warm-up),
+//!    alternating `RequestFileLocation` (a random published name) and
+//!    `RequestChunkRegister` (chunk 0 of a random file), and time every
+//!    request. The fill peers keep heartbeating meanwhile.
 //!
 //! Prints one JSON object: requests/s, p50/p99/max latency in ms, errors.
 //! The tracker's memory is read by the caller (`bench/run.py`).
@@ -78,8 +79,8 @@ fn parse_args() -> Result<Args> {
     }
     a.tracker = tracker.context("--tracker or --join is required")?;
     a.security = secure.context("--join TOKEN or --insecure is required")?;
-    if a.conns > a.peers || a.peers == 0 || a.depth == 0 {
-        bail!("need 0 < --conns <= --peers and --depth > 0");
+    if a.conns == 0 || a.peers == 0 || a.depth == 0 {
+        bail!("--peers, --conns and --depth must be positive");
     }
     Ok(a)
 }
@@ -118,8 +119,19 @@ async fn fill(a: &Args) -> Result<(Vec<RpcClient>, Vec<ContentId>)> {
     let per_peer = a.files.div_ceil(a.peers);
     let mut clients = Vec::with_capacity(a.peers);
     let mut contents = vec![ContentId([0; 32]); a.files];
-    // In waves, so connects and handshakes do not all pile up at once.
+    // In waves, so connects and handshakes do not all pile up at once; the
+    // peers of earlier waves heartbeat meanwhile, or the tracker drops them.
+    let mut last_beat = Instant::now();
     for wave in (0..a.peers).collect::<Vec<_>>().chunks(500) {
+        if last_beat.elapsed() > Duration::from_millis(1000) {
+            for chunk in clients.chunks(1000) {
+                let beats = chunk.iter().map(|c: &RpcClient| c.call(Message::Heartbeat));
+                for r in futures::future::join_all(beats).await {
+                    r.context("heartbeat during the fill")?;
+                }
+            }
+            last_beat = Instant::now();
+        }
         let tasks: Vec<_> = wave
             .iter()
             .map(|&i| async move {
@@ -165,18 +177,26 @@ async fn fill(a: &Args) -> Result<(Vec<RpcClient>, Vec<ContentId>)> {
     Ok((clients, contents))
 }
 
-/// Heartbeats every idle client each second until `stop`.
+/// Heartbeats every fill peer once a second until `stop`, spread over the
+/// second in ten slices (real peers heartbeat at random phases).
 fn heartbeats(idle: Vec<RpcClient>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut sent = 0u64;
+        let slice = idle.len().div_ceil(10).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut slices = idle.chunks(slice).cycle();
         while !stop.load(Ordering::Relaxed) {
-            let started = Instant::now();
-            for chunk in idle.chunks(256) {
-                let calls = chunk.iter().map(|c| c.call(Message::Heartbeat));
-                sent += futures::future::join_all(calls).await.len() as u64;
+            tick.tick().await;
+            let Some(part) = slices.next() else { break };
+            // Not awaited in line: under load a reply can take a while, and
+            // a peer silent for 4 s is dropped.
+            for c in part {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let _ = c.call(Message::Heartbeat).await;
+                });
             }
-            let rest = Duration::from_secs(1).saturating_sub(started.elapsed());
-            tokio::time::sleep(rest).await;
+            sent += part.len() as u64;
         }
         sent
     })
@@ -188,45 +208,92 @@ struct Tally {
     errors: u64,
 }
 
+/// One load connection: a peer of its own (number `i`) that sends batches
+/// of `depth` requests and times each reply from the batch's write (the
+/// tracker answers in order). No per-request task or channel, so the
+/// generator spends little CPU per request.
 async fn load(
-    c: RpcClient,
+    i: usize,
+    a: Arc<Args>,
     contents: Arc<Vec<ContentId>>,
-    files: usize,
     measure_from: Instant,
     stop: Arc<AtomicBool>,
-) -> Tally {
+) -> Result<Tally> {
+    use futures::StreamExt;
+    use p2pfs_proto::conn::FrameWriter;
+    use p2pfs_proto::{Frame, FrameCodec};
+    let src = Ipv4Addr::new(127, 0, 0, 2 + (i / 2000) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    let stream = socket.connect(a.tracker).await?;
+    let stream = connect_stream(stream, a.tracker, Role::Peer, Role::Tracker, &a.security).await?;
+    let (r, w) = stream.into_split();
+    let mut reader = tokio_util::codec::FramedRead::with_capacity(r, FrameCodec, 8192);
+    let mut writer = FrameWriter::new(w);
+    let listen = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(11, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
+        7000,
+    );
+    writer
+        .send_control(
+            0,
+            &Message::RequestRegister {
+                peer_id: PeerId::random(),
+                listen,
+            },
+        )
+        .await?;
+    match reader.next().await {
+        Some(Ok(Frame::Control {
+            msg: Message::ReplyRegister { .. },
+            ..
+        })) => {}
+        other => bail!("load peer {i}: register answered {other:?}"),
+    }
     let mut t = Tally::default();
-    let mut n: u64 = 0;
+    let mut n: u32 = 0;
+    // Batches: `depth` requests in one write, then their `depth` replies
+    // (which the tracker also answers in one write), like a pipelining
+    // client such as `redis-benchmark -P`.
     while !stop.load(Ordering::Relaxed) {
-        let f = rand::rng().random_range(0..files);
-        let msg = if n.is_multiple_of(2) {
-            Message::RequestFileLocation {
-                name: name(f),
-                publisher: None,
-            }
-        } else {
-            Message::RequestChunkRegister {
-                content_id: contents[f],
-                indexes: vec![0],
-            }
-        };
-        n += 1;
-        let started = Instant::now();
-        let ok = matches!(
-            c.call(msg).await,
-            Ok(Message::ReplyFileLocation { .. } | Message::Ok)
-        );
-        // Count what was sent after the warm-up and answered before the end.
-        if started >= measure_from && !stop.load(Ordering::Relaxed) {
-            if ok {
-                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                t.latencies_us.push(us);
+        for _ in 0..a.depth {
+            let f = rand::rng().random_range(0..a.files);
+            let msg = if n.is_multiple_of(2) {
+                Message::RequestFileLocation {
+                    name: name(f),
+                    publisher: None,
+                }
             } else {
+                Message::RequestChunkRegister {
+                    content_id: contents[f],
+                    indexes: vec![0],
+                }
+            };
+            n = n.wrapping_add(1);
+            writer.queue_control(n, &msg)?;
+        }
+        let started = Instant::now();
+        writer.flush().await?;
+        for _ in 0..a.depth {
+            let msg = match reader.next().await {
+                Some(Ok(Frame::Control { msg, .. })) => msg,
+                other => bail!("load peer {i}: connection ended: {other:?}"),
+            };
+            if started < measure_from || stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            if matches!(msg, Message::ReplyFileLocation { .. } | Message::Ok) {
+                let us = started.elapsed().as_micros();
+                t.latencies_us.push(us.min(u128::from(u32::MAX)) as u32);
+            } else {
+                if t.errors == 0 {
+                    eprintln!("first error: {msg:?}");
+                }
                 t.errors += 1;
             }
         }
     }
-    t
+    Ok(t)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -249,30 +316,29 @@ async fn main() -> Result<()> {
         contents.len()
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let (busy, idle) = clients.split_at(a.conns);
-    let beats = heartbeats(idle.to_vec(), stop.clone());
+    let beats = heartbeats(clients, stop.clone());
     let contents = Arc::new(contents);
-    let warmup = Duration::from_secs(1);
+    let warmup = Duration::from_secs(2);
     let measure_from = Instant::now() + warmup;
-    let mut tasks = Vec::new();
-    for c in busy {
-        for _ in 0..a.depth {
-            tasks.push(tokio::spawn(load(
-                c.clone(),
+    let a = Arc::new(a);
+    let tasks: Vec<_> = (0..a.conns)
+        .map(|k| {
+            tokio::spawn(load(
+                a.peers + k,
+                a.clone(),
                 contents.clone(),
-                a.files,
                 measure_from,
                 stop.clone(),
-            )));
-        }
-    }
+            ))
+        })
+        .collect();
     tokio::time::sleep(warmup + Duration::from_secs_f64(a.secs)).await;
     stop.store(true, Ordering::Relaxed);
     let measured = measure_from.elapsed().as_secs_f64();
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
-        let tally = t.await?;
+        let tally = t.await??;
         all.extend(tally.latencies_us);
         errors += tally.errors;
     }
