@@ -184,7 +184,7 @@ pub fn split_server(
 ) -> (FramedRead<ReadHalf, ControlCodec>, FrameWriter<WriteHalf>) {
     let (r, w) = stream.into_split();
     (
-        FramedRead::with_capacity(r, ControlCodec, 16 * 1024),
+        FramedRead::with_capacity(r, ControlCodec, 2048),
         FrameWriter::new(w),
     )
 }
@@ -210,7 +210,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::with_capacity(1024),
         }
     }
 
@@ -359,7 +359,7 @@ async fn rpc_task(
 ) -> Result<(), ProtoError> {
     // Control traffic only: a small read buffer that grows when needed.
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(r, FrameCodec, 4096);
+    let mut reader = FramedRead::with_capacity(r, FrameCodec, 2048);
     let mut writer = FrameWriter::new(w);
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;

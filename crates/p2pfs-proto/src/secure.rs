@@ -46,7 +46,7 @@ const MAX_HANDSHAKE_LEN: usize = 1024;
 /// Sealed bytes a writer queues before it waits for the socket.
 const WRITE_BACKLOG: usize = 256 * 1024;
 /// Smallest and largest read a reader asks the socket for, in bytes.
-const MIN_READ: usize = 8 * 1024;
+const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
 /// Bound into the handshake hash: a peer speaking another protocol version
 /// or application cannot complete it even with the right key.
