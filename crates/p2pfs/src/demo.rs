@@ -45,6 +45,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         },
     ))
     .await?;
+    println!("network secret generated for this demo: every connection below is authenticated and encrypted");
     println!("tracker      {taddr}{tracker_url}");
     let mut peers = Vec::new();
     for i in 1..=3 {
