@@ -7,10 +7,11 @@
 //!   the UI asks for the token once and keeps it for the browser session.
 //! - Without a token (loopback only), the `Host` header must name a loopback
 //!   address, so a web page cannot reach the API through DNS rebinding.
-//! - A request that changes state (any method but GET and HEAD) is refused
-//!   when the browser says it comes from another site (`Origin`, or
-//!   `Sec-Fetch-Site: cross-site`). No CORS headers are ever sent, so other
-//!   sites cannot read answers either.
+//! - An `/api/` request that the browser marks as coming from another site
+//!   or origin (`Sec-Fetch-Site` other than `same-origin` or `none`) is
+//!   refused, and so is a request that changes state (any method but GET and
+//!   HEAD) whose `Origin` is not this address. No CORS headers are ever
+//!   sent, so other sites cannot read answers either.
 
 use std::sync::Arc;
 
@@ -95,6 +96,20 @@ pub(crate) async fn check(State(access): State<Arc<Access>>, req: Request, next:
         .unwrap_or("")
         .to_string();
     let changes_state = req.method() != Method::GET && req.method() != Method::HEAD;
+    // A page of another site must not even make us act on a GET (an
+    // `<img src=…/api/discover?addr=…>` would make the daemon connect out).
+    let foreign_fetch = req.uri().path().starts_with("/api")
+        && req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"same-origin" && v.as_bytes() != b"none");
+    if foreign_fetch {
+        return denied(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "requests from other web sites are refused".into(),
+        );
+    }
     if changes_state {
         let cross_site = req
             .headers()

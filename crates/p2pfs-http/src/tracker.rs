@@ -76,8 +76,8 @@ pub struct TrackerStatus {
     pub peers: usize,
     /// Published files.
     pub files: usize,
-    /// The command peers join with once serving (it carries the network
-    /// secret), e.g. `p2pfs peer --join p2pfs1:SECRET@10.0.0.1:7000`.
+    /// How peers join once serving, with the secret left out, e.g.
+    /// `p2pfs peer --join p2pfs1:SECRET@10.0.0.1:7000 (…)`.
     pub join: Option<String>,
 }
 
@@ -94,10 +94,14 @@ async fn status(State(api): State<TrackerApi>) -> Json<TrackerStatus> {
     })
 }
 
-/// The command peers join with, once the tracker serves.
+/// How peers join, once the tracker serves. The secret itself is left out:
+/// on a shared machine, other local users can reach a loopback API.
 pub fn join_command(tracker: &p2pfs_tracker::TrackerHandle) -> Option<String> {
     match (tracker.join_token(), tracker.local_addr()) {
-        (Some(t), _) => Some(format!("p2pfs peer --join {}", t.to_text())),
+        (Some(t), _) => Some(format!(
+            "p2pfs peer --join p2pfs1:SECRET@{} (the full token is printed at the tracker's start; the secret is in its data folder's network.secret)",
+            t.tracker
+        )),
         (None, Some(bound)) => Some(format!("p2pfs peer --insecure --tracker {bound}")),
         (None, None) => None,
     }

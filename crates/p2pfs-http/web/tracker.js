@@ -57,7 +57,7 @@ function initTracker(initialStatus) {
     setHidden($('#peers').closest('.table-wrap'), rows.length === 0);
     if (err) fillEmpty(empty, err);
     else if (!S.status.listening) fillEmpty(empty, 'The tracker is not started yet. Start it above; this page then shows the command peers join with.');
-    else if (!rows.length) fillEmpty(empty, `No peers online yet. Start a peer on any machine with \`${S.status.join || `p2pfs peer --tracker ${connectHint(S.status.listening)}`}\` (the token carries the network secret: share it only with your peers).`);
+    else if (!rows.length) fillEmpty(empty, `No peers online yet. Start a peer on any machine with \`${S.status.join || `p2pfs peer --tracker ${connectHint(S.status.listening)}`}\`.`);
     else empty.hidden = true;
   }
 

@@ -338,11 +338,13 @@ impl RpcClient {
     /// As `call`.
     pub async fn call_timeout(&self, msg: Message, limit: Duration) -> Result<Message, ProtoError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((msg, tx))
-            .await
-            .map_err(|_| ProtoError::Closed)?;
+        // Queueing counts against the limit too: a connection whose remote
+        // stopped reading must not block callers forever.
         let reply = with_timeout(limit, "waiting for a reply", async {
+            self.tx
+                .send((msg, tx))
+                .await
+                .map_err(|_| ProtoError::Closed)?;
             rx.await.map_err(|_| ProtoError::Closed)?
         })
         .await?;
@@ -383,7 +385,12 @@ async fn rpc_task(
                         Err(e) => { let _ = reply.send(Err(e)); }
                     }
                 }
-                if let Err(e) = writer.flush().await { break Err(e) }
+                // A remote that stops reading ends the connection.
+                match tokio::time::timeout(REQUEST_TIMEOUT, writer.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(ProtoError::Timeout(REQUEST_TIMEOUT, "sending requests")),
+                }
             }
             frame = reader.next() => match frame {
                 Some(Ok(Frame::Control { id, msg })) => {

@@ -587,7 +587,9 @@ impl AsyncRead for ReadHalf {
                 if buf.remaining() >= plain {
                     let n = o.open(len, buf.initialize_unfilled_to(plain))?;
                     buf.advance(n);
-                    produced = true;
+                    // An empty record yields nothing; returning then would
+                    // read as the end of the stream.
+                    produced |= n > 0;
                 } else if produced {
                     break;
                 } else {
@@ -822,6 +824,20 @@ mod tests {
             s.flush().await.unwrap();
             assert_eq!(&w.await.unwrap(), b"hello");
         }
+    }
+
+    #[tokio::test]
+    async fn an_empty_record_is_not_the_end_of_the_stream() {
+        let secret = NetworkSecret::generate();
+        let (c, s) = pair(Security::secret(secret.clone()), Security::secret(secret)).await;
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        // Our writer never sends one, but a peer holding the secret may.
+        c.write.noise.as_mut().unwrap().seal(&[]).unwrap();
+        c.write_all(b"abc").await.unwrap();
+        c.flush().await.unwrap();
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
     }
 
     #[tokio::test]

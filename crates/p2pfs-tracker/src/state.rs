@@ -251,13 +251,12 @@ impl State {
         if let Some(c) = self.contents.get_mut(&publ.content_id) {
             c.names.remove(&key);
         }
-        let still_published = self.by_publisher.get(&peer_id).is_some_and(|p| {
-            p.names.keys().any(|n| {
-                self.publications
-                    .get(&(n.clone(), peer_id))
-                    .is_some_and(|other| other.content_id == publ.content_id)
-            })
-        });
+        // Another name of the same peer for the same content? Only this
+        // content's publications need a look.
+        let still_published = self
+            .contents
+            .get(&publ.content_id)
+            .is_some_and(|c| c.names.iter().any(|(_, p)| *p == peer_id));
         if !still_published {
             if let Some(e) = self.peers.get_mut(&peer_id) {
                 e.holds.remove(&publ.content_id);

@@ -62,8 +62,11 @@ pub(crate) fn write_file(path: &Path, secret: &NetworkSecret) -> anyhow::Result<
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = path.with_extension("secret.tmp");
+    // A fresh file (never an old one, nor a symlink planted there), so that
+    // its mode is really 0600.
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -72,6 +75,12 @@ pub(crate) fn write_file(path: &Path, secret: &NetworkSecret) -> anyhow::Result<
     let mut f = opts
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", tmp.display()))?;
+    }
     writeln!(f, "{}", secret.to_text())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -175,9 +184,14 @@ pub(crate) fn peer(
 
 /// The line a tracker prints so peers can join.
 pub(crate) fn join_line(tracker: &p2pfs_tracker::TrackerHandle) -> String {
-    p2pfs_http::tracker::join_command(tracker)
-        .map(|c| format!("peers join with:  {c}"))
-        .unwrap_or_default()
+    match (tracker.join_token(), tracker.local_addr()) {
+        (Some(t), _) => format!(
+            "peers join with:  p2pfs peer --join {}\n(or with the token in $P2PFS_JOIN, which keeps it out of the process list)",
+            t.to_text()
+        ),
+        (None, Some(bound)) => format!("peers join with:  p2pfs peer --insecure --tracker {bound}"),
+        (None, None) => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +219,17 @@ mod tests {
             panic!()
         };
         assert_eq!(first, again);
+        // A leftover temporary file with a loose mode does not loosen it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let tmp = path.with_extension("secret.tmp");
+            std::fs::write(&tmp, "old").unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_file(&path, &first).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
 
         let repo = dir.path().join("repo");
         assert!(peer(&none, None, &repo).is_err(), "no secret, no start");

@@ -139,6 +139,15 @@ fn outsiders_are_refused_and_learn_nothing() -> Result {
     e.expect("requires the network secret")?;
     e.run("list_files", "not connected to a tracker")?;
     assert_eq!(peer_count(&net.tracker)?, 2, "only a and b joined");
+    // The tracker's API tells how to join, but never the secret itself
+    // (other local users may reach a loopback API).
+    let (_, st) = get(&format!(
+        "{}/api/status",
+        net.tracker.api.as_ref().ok_or("no API")?
+    ))?;
+    let secret = JoinToken::from_text(&net.join)?.secret.to_text();
+    let join = st["join"].as_str().ok_or("no join in the status")?;
+    assert!(join.contains("--join") && !join.contains(&secret), "{join}");
 
     // At the socket: a wrong secret gets 8 bytes of refusal and nothing
     // else, from the tracker and from a peer; no secret gets 8 bytes too.
@@ -516,6 +525,12 @@ fn an_api_beyond_loopback_needs_its_token() -> Result {
         200,
         "a same-site client still works"
     );
+    // A page of another site cannot make it act, not even with a GET.
+    let resp = agent
+        .get(format!("{url}/api/discover?addr=10.0.0.1:9"))
+        .header("sec-fetch-site", "cross-site")
+        .call()?;
+    assert_eq!(resp.status().as_u16(), 403);
     // Nothing sends CORS headers.
     let resp = agent
         .get(format!("{url}/api/status"))
