@@ -56,6 +56,16 @@ pub fn encode_hello(role: Role) -> [u8; HELLO_LEN] {
 /// [`ProtoError::BadMagic`], [`ProtoError::VersionMismatch`] or
 /// [`ProtoError::UnexpectedRole`].
 pub fn decode_hello(b: &[u8; HELLO_LEN]) -> Result<Role, ProtoError> {
+    check_magic_and_version(b)?;
+    Role::from_u8(b[6]).ok_or_else(|| ProtoError::UnexpectedRole(format!("role byte {}", b[6])))
+}
+
+/// Checks the first 6 bytes shared by the hello and the security preamble:
+/// the magic and our protocol version.
+///
+/// # Errors
+/// [`ProtoError::BadMagic`] or [`ProtoError::VersionMismatch`].
+pub(crate) fn check_magic_and_version(b: &[u8; 8]) -> Result<(), ProtoError> {
     if b[0..4] != MAGIC {
         return Err(ProtoError::BadMagic);
     }
@@ -66,7 +76,7 @@ pub fn decode_hello(b: &[u8; HELLO_LEN]) -> Result<Role, ProtoError> {
             local: PROTOCOL_VERSION,
         });
     }
-    Role::from_u8(b[6]).ok_or_else(|| ProtoError::UnexpectedRole(format!("role byte {}", b[6])))
+    Ok(())
 }
 
 /// Runs `fut` with a time limit, naming what timed out.

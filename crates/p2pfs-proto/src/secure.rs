@@ -230,16 +230,7 @@ fn preamble(mode: u8, status: u8) -> [u8; PREAMBLE_LEN] {
 
 /// Checks magic and version; returns (mode, status).
 fn parse_preamble(b: &[u8; PREAMBLE_LEN]) -> Result<(u8, u8), ProtoError> {
-    if b[0..4] != MAGIC {
-        return Err(ProtoError::BadMagic);
-    }
-    let remote = u16::from_be_bytes([b[4], b[5]]);
-    if remote != PROTOCOL_VERSION {
-        return Err(ProtoError::VersionMismatch {
-            remote,
-            local: PROTOCOL_VERSION,
-        });
-    }
+    crate::conn::check_magic_and_version(b)?;
     Ok((b[6], b[7]))
 }
 

@@ -403,27 +403,9 @@ fn a_captured_fetch_holds_no_plaintext() -> Result {
         taddr,
         join: String::new(),
     };
-    let plain_peer = |name: &str| -> Result<(Proc, SocketAddr)> {
-        let r = plain.path(name).to_string_lossy().to_string();
-        let t = taddr.to_string();
-        let mut p = Proc::spawn(
-            name,
-            &[
-                "peer",
-                "--insecure",
-                "--tracker",
-                &t,
-                "--listen",
-                "127.0.0.1:0",
-                "--repo",
-                &r,
-            ],
-        )?;
-        let line = p.expect("listening on")?;
-        let addr = line.split(' ').nth(4).ok_or("no address")?.parse()?;
-        p.expect("connected to tracker")?;
-        Ok((p, addr))
-    };
+    let t = taddr.to_string();
+    let plain_peer =
+        |name: &str| Proc::peer_with(name, &["--insecure", "--tracker", &t], &plain.path(name));
     let (mut a, a_addr) = plain_peer("a")?;
     let (mut b, _) = plain_peer("b")?;
     let bytes = captured_fetch(&plain, &mut a, a_addr, &mut b, marker)?.ok_or("capture")?;

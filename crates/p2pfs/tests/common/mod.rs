@@ -86,19 +86,17 @@ impl Proc {
     /// A peer that joins with `join` (a tracker's token) and keeps its
     /// repository in `repo`.
     pub fn peer(name: &str, join: &str, repo: &Path) -> Result<(Proc, SocketAddr)> {
+        Proc::peer_with(name, &["--join", join], repo)
+    }
+
+    /// A peer on loopback keeping its repository in `repo`, with `how` to
+    /// reach its network (`--join TOKEN`, or `--insecure --tracker ADDR`);
+    /// returns once it is connected.
+    pub fn peer_with(name: &str, how: &[&str], repo: &Path) -> Result<(Proc, SocketAddr)> {
         let r = repo.to_string_lossy().to_string();
-        let mut p = Proc::spawn(
-            name,
-            &[
-                "peer",
-                "--join",
-                join,
-                "--listen",
-                "127.0.0.1:0",
-                "--repo",
-                &r,
-            ],
-        )?;
+        let mut args = vec!["peer", "--listen", "127.0.0.1:0", "--repo", &r];
+        args.extend_from_slice(how);
+        let mut p = Proc::spawn(name, &args)?;
         let line = p.expect("listening on")?;
         let addr = line.split(' ').nth(4).ok_or("no address")?.parse()?;
         p.read_api()?;
