@@ -437,19 +437,21 @@ def bench_swarm(ctx):
     try:
         net.up()
         for n in ns_list:
-            rec = {k: [] for k in ("median", "last", "ratio_median", "ratio_last")}
+            rec = {k: [] for k in ("median", "last", "ratio_median", "ratio_last", "seed_up")}
             curves = []
             bound = S.bound(size, n, rate)
             for i in range(ctx.runs):
-                times = S.run_once(ctx, net, src, size, n)
+                times, up = S.run_once(ctx, net, src, size, n)
                 med, last = statistics.median(times), max(times)
+                rec["seed_up"].append(up["seed_up"])
                 rec["median"].append(med)
                 rec["last"].append(last)
                 rec["ratio_median"].append(med / bound["D"])
                 rec["ratio_last"].append(last / bound["D"])
                 curves.append(sorted(times))
                 H.log(f"swarm N={n} run {i + 1}: median {med:.2f}s last {last:.2f}s "
-                      f"(bound {bound['D']:.2f}s)")
+                      f"(bound {bound['D']:.2f}s); seeder uploaded {up['seed_up']:.2f} F, "
+                      f"leechers {min(up['leecher_up']):.2f}-{max(up['leecher_up']):.2f} F")
             out[str(n)] = {**{k: H.summary(v) for k, v in rec.items()}, **bound,
                            "curves": curves}
     finally:

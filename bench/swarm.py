@@ -110,7 +110,8 @@ class Net:
 def run_once(ctx, net, src, size, n):
     """One distribution: seeder on host 0, leechers on hosts 1..n, all
     fetches issued together. Returns each leecher's completion time (s)
-    from the moment the fetches were issued."""
+    from the moment the fetches were issued, and what each host uploaded
+    in file sizes (`seed_up`, `leecher_up`)."""
     root = ctx.fresh_dir(f"swarm{n}")
     tracker = H.start_tracker(root, listen=f"{SUBNET}.254:0", env=ctx.env)
     peers = []
@@ -153,10 +154,13 @@ def run_once(ctx, net, src, size, n):
             times.append(t - t0)
         for w in watchers:
             w.close()
+        # What each host uploaded: the seeder's share shows duplicates
+        # (ideal: exactly F once), the leechers' shows how much they relayed.
+        up = [H.http_json(p.api, "GET", "/api/status")["uploaded_bytes"] for p in peers]
         for j in range(n):
             if os.path.getsize(os.path.join(root, f"out{j}")) != size:
                 raise RuntimeError("swarm: a leecher's file has the wrong size")
-        return times
+        return times, {"seed_up": up[0] / size, "leecher_up": [u / size for u in up[1:]]}
     finally:
         H.stop_all(peers + [tracker])
         shutil.rmtree(root, ignore_errors=True)

@@ -726,7 +726,7 @@ impl PeerHandle {
             )));
         }
         if let Some(h) = self.inner.store.get(content_id) {
-            let full = h.have.lock().map(|b| b.is_full()).unwrap_or(false);
+            let full = h.is_complete();
             if full && h.path().exists() {
                 return Err(PeerError::AlreadyHeld(format!(
                     "you already hold this file at {}",

@@ -5,6 +5,7 @@
 //! - [`download`]: the download manager (scheduler, sources, progress).
 //! - [`server`]: the listener that serves chunks and pings.
 //! - [`store`]: what this peer holds and may serve.
+//! - [`spread`]: initial seeding: every chunk out once before any twice.
 //! - [`repo`]: the durable repository (SQLite): peer id, publications,
 //!   manifests, downloads and their verified chunks.
 //! - [`hashing`]: chunking and hashing a file into a manifest.
@@ -17,6 +18,7 @@ pub mod hashing;
 pub mod repo;
 mod restore;
 pub mod server;
+pub mod spread;
 pub mod store;
 
 pub use download::{DownloadHandle, DownloadState, Progress};

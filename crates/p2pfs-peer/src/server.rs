@@ -6,6 +6,7 @@
 //! read positionally on a blocking thread and written to the socket without
 //! further copies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::handle::PeerInner;
+use crate::spread::{ConnId, Decision};
+use crate::store::Holding;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -55,13 +58,31 @@ pub const READ_AHEAD: usize = 4;
 /// A reply ready to send.
 enum Reply {
     Control(u32, Message),
-    Chunk(u32, p2pfs_proto::ContentId, u32, Vec<u8>),
+    Chunk(u32, p2pfs_proto::ContentId, Arc<Holding>, u32, Vec<u8>),
 }
+
+/// Numbers serving connections for the initial-seeding ledger.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 type PendingReply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'a>>;
 
 async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
     let (_role, stream) = accept(stream, Role::Peer, &inner.security).await?;
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let mut served: Vec<Arc<Holding>> = Vec::new();
+    let result = serve_requests(stream, inner, conn, &mut served).await;
+    for holding in served {
+        holding.forget(conn);
+    }
+    result
+}
+
+async fn serve_requests(
+    stream: p2pfs_proto::secure::Stream,
+    inner: &PeerInner,
+    conn: ConnId,
+    served: &mut Vec<Arc<Holding>>,
+) -> Result<(), ProtoError> {
     let (mut reader, mut writer) = split_server(stream);
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();
@@ -77,8 +98,9 @@ async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
             biased;
             Some(reply) = queue.next(), if !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
-                Reply::Chunk(id, content_id, index, data) => {
+                Reply::Chunk(id, content_id, holding, index, data) => {
                     writer.send_chunk(id, &content_id, index, &data).await?;
+                    holding.written(conn, index);
                     inner.stats.record_upload(data.len());
                 }
             },
@@ -104,16 +126,29 @@ async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
                     Message::RequestPingPong { nonce } => {
                         Box::pin(std::future::ready(Reply::Control(id, Message::ReplyPingPong { nonce })))
                     }
-                    Message::PeerRequestChunk { content_id, index } => Box::pin(async move {
-                        let delay = inner.delay();
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
+                    Message::PeerRequestChunk { content_id, index } => {
+                        let holding = inner.store.get(&content_id);
+                        if let Some(h) = &holding {
+                            if !served.iter().any(|s| Arc::ptr_eq(s, h)) {
+                                served.push(h.clone());
+                            }
                         }
-                        match read_chunk(inner, &content_id, index).await {
-                            Ok(data) => Reply::Chunk(id, content_id, index, data),
-                            Err(reply) => Reply::Control(id, reply),
+                        match holding.as_ref().map(|h| h.decide(conn, index)) {
+                            Some(Decision::Defer(suggest)) => Box::pin(std::future::ready(
+                                Reply::Control(id, Message::ReplyChunkDeferred { index, suggest }),
+                            )),
+                            _ => Box::pin(async move {
+                                let delay = inner.delay();
+                                if !delay.is_zero() {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                match read_chunk(inner, holding, &content_id, index).await {
+                                    Ok((h, data)) => Reply::Chunk(id, content_id, h, index, data),
+                                    Err(reply) => Reply::Control(id, reply),
+                                }
+                            }),
                         }
-                    }),
+                    }
                     other => Box::pin(std::future::ready(Reply::Control(
                         id,
                         Message::error(
@@ -129,10 +164,11 @@ async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
 
 async fn read_chunk(
     inner: &PeerInner,
+    holding: Option<Arc<Holding>>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
-) -> Result<Vec<u8>, Message> {
-    let Some(holding) = inner.store.get(content_id) else {
+) -> Result<(Arc<Holding>, Vec<u8>), Message> {
+    let Some(holding) = holding else {
         return Err(Message::error(
             ErrorCode::NotFound,
             format!("content {} is not held here", content_id.short()),
@@ -172,7 +208,7 @@ async fn read_chunk(
     })
     .await;
     match read {
-        Ok(Ok(Ok(data))) => Ok(data),
+        Ok(Ok(Ok(data))) => Ok((holding, data)),
         Ok(Ok(Err(why))) => {
             inner.withdraw(*content_id, why).await;
             Err(gone())

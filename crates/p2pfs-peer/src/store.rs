@@ -11,10 +11,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use p2pfs_proto::{Bitfield, ContentId, Manifest};
 
 use crate::repo::Stamp;
+use crate::spread::{ConnId, Decision, Spread};
 
 /// Why a holding exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Holding {
     /// modification time, checked before serving; `None` while a download
     /// writes it.
     pub stamp: Mutex<Option<Stamp>>,
+    /// Initial-seeding ledger, made on the first request once complete.
+    spread: Mutex<Option<Spread>>,
 }
 
 impl Holding {
@@ -68,6 +72,40 @@ impl Holding {
             have: Mutex::new(have),
             kind,
             stamp: Mutex::new(stamp),
+            spread: Mutex::new(None),
+        }
+    }
+
+    /// Whether every chunk is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.lock().map(|b| b.is_full()).unwrap_or(false)
+    }
+
+    /// Decides a request of `conn` for chunk `index` by the initial-seeding
+    /// rules ([`crate::spread`]); only a complete holding defers.
+    pub fn decide(&self, conn: ConnId, index: u32) -> Decision {
+        if index >= self.manifest.chunk_count() || !self.is_complete() {
+            return Decision::Serve;
+        }
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        spread
+            .get_or_insert_with(|| Spread::new(self.manifest.chunk_count()))
+            .decide(conn, index, Instant::now())
+    }
+
+    /// Records that chunk `index` was written to `conn`.
+    pub fn written(&self, conn: ConnId, index: u32) {
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = spread.as_mut() {
+            s.written(conn, index, Instant::now());
+        }
+    }
+
+    /// Releases the chunks handed to `conn` (it closed).
+    pub fn forget(&self, conn: ConnId) {
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = spread.as_mut() {
+            s.forget(conn);
         }
     }
 
@@ -134,9 +172,8 @@ impl Store {
     /// (a download of the same content); keeps an existing complete one.
     pub fn insert_complete(&self, id: ContentId, holding: Holding) -> Arc<Holding> {
         let mut map = self.holdings.write().unwrap_or_else(|e| e.into_inner());
-        let complete = |h: &Holding| h.have.lock().map(|b| b.is_full()).unwrap_or(false);
         match map.get(&id) {
-            Some(existing) if complete(existing) => existing.clone(),
+            Some(existing) if existing.is_complete() => existing.clone(),
             _ => {
                 let h = Arc::new(holding);
                 map.insert(id, h.clone());

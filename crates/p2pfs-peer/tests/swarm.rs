@@ -1005,3 +1005,105 @@ async fn peers_that_leave_are_forgotten() {
     })
     .await;
 }
+
+/// A raw downloader connection to a peer: asks for one chunk at a time.
+struct RawSource {
+    reader: tokio_util::codec::FramedRead<p2pfs_proto::secure::ReadHalf, p2pfs_proto::FrameCodec>,
+    writer: p2pfs_proto::conn::FrameWriter<p2pfs_proto::secure::WriteHalf>,
+    next_id: u32,
+}
+
+/// What a peer answered to one chunk request.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Chunk(u32),
+    Deferred(Vec<u32>),
+}
+
+impl RawSource {
+    async fn open(addr: SocketAddr, security: &Security) -> Self {
+        let stream = p2pfs_proto::conn::connect(addr, Role::Peer, Role::Peer, security)
+            .await
+            .expect("connect to the seeder");
+        let (reader, writer) = split(stream);
+        Self {
+            reader,
+            writer,
+            next_id: 1,
+        }
+    }
+
+    async fn ask(&mut self, content_id: p2pfs_proto::ContentId, index: u32) -> Answer {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.writer
+            .send_control(id, &Message::PeerRequestChunk { content_id, index })
+            .await
+            .expect("send the request");
+        match self.reader.next().await.expect("a reply").expect("a frame") {
+            Frame::Chunk {
+                id: got, index: i, ..
+            } if got == id => Answer::Chunk(i),
+            Frame::Control {
+                id: got,
+                msg: Message::ReplyChunkDeferred { index: i, suggest },
+            } if got == id && i == index => Answer::Deferred(suggest),
+            other => panic!("unexpected reply to chunk {index}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_sends_each_chunk_once_before_any_twice() {
+    within(60, async {
+        let mut swarm = Swarm::new().await;
+        let seeder = swarm.peer().await;
+        let (path, _) = swarm.file("initial.bin", 4 * CHUNK, 21);
+        let publication = seeder.publish(&path, "initial.bin").await.expect("publish");
+        let cid = publication.content_id;
+        let addr = seeder.listen_addr();
+        let mut one = RawSource::open(addr, &swarm.security).await;
+        let mut two = RawSource::open(addr, &swarm.security).await;
+
+        assert_eq!(one.ask(cid, 0).await, Answer::Chunk(0));
+        assert_eq!(
+            one.ask(cid, 0).await,
+            Answer::Chunk(0),
+            "same connection again"
+        );
+        let Answer::Deferred(mut suggest) = two.ask(cid, 0).await else {
+            panic!("a chunk just sent to another connection must be deferred")
+        };
+        suggest.sort_unstable();
+        assert_eq!(suggest, vec![1, 2, 3], "the chunks sent to nobody");
+        assert_eq!(two.ask(cid, 2).await, Answer::Chunk(2));
+        let Answer::Deferred(mut suggest) = one.ask(cid, 2).await else {
+            panic!("chunk 2 went to the other connection")
+        };
+        suggest.sort_unstable();
+        assert_eq!(suggest, vec![1, 3], "suggestions leave out what went out");
+
+        // A closed connection's chunks may go to anyone again.
+        drop(one);
+        let start = Instant::now();
+        while two.ask(cid, 0).await != Answer::Chunk(0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "chunk 0 stays deferred"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Once every chunk went out, everything is served.
+        let mut three = RawSource::open(addr, &swarm.security).await;
+        assert!(matches!(three.ask(cid, 0).await, Answer::Deferred(_)));
+        assert_eq!(three.ask(cid, 1).await, Answer::Chunk(1));
+        assert_eq!(three.ask(cid, 3).await, Answer::Chunk(3));
+        assert_eq!(
+            three.ask(cid, 0).await,
+            Answer::Chunk(0),
+            "nothing fresh is left"
+        );
+        assert_eq!(two.ask(cid, 3).await, Answer::Chunk(3));
+    })
+    .await;
+}

@@ -30,6 +30,8 @@ pub const MAX_CONTROL_LEN: usize = 4 * 1024 * 1024;
 /// chunk size.
 pub const MAX_FRAME_LEN: usize = 1 + CHUNK_HEADER_LEN + MAX_CHUNK_SIZE as usize;
 
+/// Most chunk indexes suggested in one `ReplyChunkDeferred`.
+pub const MAX_SUGGEST: usize = 64;
 /// Longest published file name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest local path reported at publish, in bytes of UTF-8.

@@ -276,6 +276,19 @@ pub enum Message {
         /// Held chunks; as many bits as the manifest has chunks.
         have: Bitfield,
     },
+    /// 26: peer → peer, reply to `PeerRequestChunk` from a complete holder
+    /// while it seeds a content out: it sent that chunk to another
+    /// downloader moments ago, so the requester should get it from there
+    /// (it will be registered at the tracker shortly) and ask this peer
+    /// for chunks it has not sent to anyone recently, such as `suggest`.
+    /// See PROTOCOL.md §Initial seeding.
+    ReplyChunkDeferred {
+        /// The requested chunk.
+        index: u32,
+        /// Chunks this peer has not sent recently (at most
+        /// [`MAX_SUGGEST`](crate::limits::MAX_SUGGEST)).
+        suggest: Vec<u32>,
+    },
 }
 
 impl Message {
@@ -308,6 +321,7 @@ impl Message {
             Message::ReplyHolders { .. } => "REPLY_HOLDERS",
             Message::RequestUnpublish { .. } => "REQUEST_UNPUBLISH",
             Message::RequestHave { .. } => "REQUEST_HAVE",
+            Message::ReplyChunkDeferred { .. } => "REPLY_CHUNK_DEFERRED",
         }
     }
 
@@ -362,6 +376,16 @@ impl Message {
                 holders_ok(holders)
             }
             Message::RequestChunkRegister { indexes, .. } => list(indexes.len()),
+            Message::ReplyChunkDeferred { suggest, .. } => {
+                if suggest.len() > crate::limits::MAX_SUGGEST {
+                    return Err(ProtoError::Limit {
+                        what: "suggested chunks",
+                        len: suggest.len(),
+                        max: crate::limits::MAX_SUGGEST,
+                    });
+                }
+                Ok(())
+            }
             Message::ReplyPeerList { peers } => list(peers.len()),
             Message::ReplyChunkInfo { files } => {
                 list(files.len())?;

@@ -178,6 +178,8 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         proptest::collection::vec(holder(), 0..4)
             .prop_map(|holders| Message::ReplyHolders { holders }),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..64))
+            .prop_map(|(index, suggest)| Message::ReplyChunkDeferred { index, suggest }),
     ]
 }
 

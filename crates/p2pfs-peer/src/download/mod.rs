@@ -504,7 +504,7 @@ async fn finish_file(dl: &DownloadShared, spec: &DownloadSpec) -> Result<(), Str
     let size = dl.manifest.size;
     let part = spec.part.clone();
     let dest = spec.dest.clone();
-    let complete = dl.holding.have.lock().map(|h| h.is_full()).unwrap_or(false);
+    let complete = dl.holding.is_complete();
     if !complete {
         return Err("internal error: finished without every chunk".into());
     }

@@ -9,10 +9,14 @@
 //!   (at most [`ENDGAME_DUPLICATES`] requests per chunk); the first verified
 //!   copy wins.
 //! - A source that fails, stalls or leaves gives its requests back.
+//! - A seeder may **defer** a request (initial seeding, [`crate::spread`]):
+//!   that chunk is not asked of it again until the deferral ends, and the
+//!   chunks it suggested are asked of it first.
 //!
-//! This module is pure state: no IO, no clocks, unit-tested below.
+//! This module is pure state: no IO; the caller passes the clock.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use p2pfs_proto::Bitfield;
 use rand::rngs::StdRng;
@@ -29,6 +33,25 @@ pub const ENDGAME_DUPLICATES: u8 = 2;
 struct SourceView {
     have: Bitfield,
     inflight: HashSet<u32>,
+    /// Chunks this source deferred, until when.
+    deferred: HashMap<u32, Instant>,
+    /// Chunks this source suggested, asked of it first.
+    suggested: Vec<u32>,
+}
+
+impl SourceView {
+    fn new(n: u32) -> Self {
+        Self {
+            have: Bitfield::new(n),
+            inflight: HashSet::new(),
+            deferred: HashMap::new(),
+            suggested: Vec::new(),
+        }
+    }
+
+    fn may_ask(&self, i: u32) -> bool {
+        self.have.get(i) && !self.deferred.contains_key(&i)
+    }
 }
 
 /// Picker state of one download.
@@ -88,10 +111,10 @@ impl Scheduler {
         if have.len() != self.n {
             return;
         }
-        let view = self.sources.entry(id).or_insert_with(|| SourceView {
-            have: Bitfield::new(have.len()),
-            inflight: HashSet::new(),
-        });
+        let view = self
+            .sources
+            .entry(id)
+            .or_insert_with(|| SourceView::new(have.len()));
         for i in 0..self.n {
             match (view.have.get(i), have.get(i)) {
                 (false, true) => self.avail[i as usize] += 1,
@@ -179,9 +202,24 @@ impl Scheduler {
         self.scan_start = 0;
     }
 
-    /// Picks up to `max` chunks for source `id` to request, marks them in
-    /// flight and returns them.
-    pub fn pick(&mut self, id: SourceId, max: usize) -> Vec<u32> {
+    /// The source deferred chunk `index` until `until` and suggested
+    /// other chunks: the request goes back to the pool, `index` is not
+    /// asked of this source before `until`, and the suggestions are asked
+    /// of it first.
+    pub fn defer(&mut self, id: SourceId, index: u32, suggest: &[u32], until: Instant) {
+        self.release(id, index);
+        let n = self.n;
+        if let Some(view) = self.sources.get_mut(&id) {
+            if index < n {
+                view.deferred.insert(index, until);
+            }
+            view.suggested = suggest.iter().copied().filter(|&i| i < n).collect();
+        }
+    }
+
+    /// Picks up to `max` chunks for source `id` to request at time `now`,
+    /// marks them in flight and returns them.
+    pub fn pick(&mut self, id: SourceId, max: usize, now: Instant) -> Vec<u32> {
         let mut out = Vec::new();
         if max == 0 || !self.sources.contains_key(&id) {
             return out;
@@ -192,20 +230,38 @@ impl Scheduler {
         while self.scan_start < self.order.len() && self.done.get(self.order[self.scan_start]) {
             self.scan_start += 1;
         }
-        let Some(view) = self.sources.get(&id) else {
+        let Some(view) = self.sources.get_mut(&id) else {
             return out;
         };
-        let mut all_requested = true;
-        for &i in &self.order[self.scan_start..] {
-            if self.done.get(i) {
-                continue;
+        view.deferred.retain(|_, until| *until > now);
+        let (done, outstanding) = (&self.done, &self.outstanding);
+        // Suggestions first: the chunks this seeder has sent to nobody.
+        let deferred = &view.deferred;
+        let have = &view.have;
+        view.suggested.retain(|&i| {
+            let usable = !done.get(i)
+                && outstanding[i as usize] == 0
+                && have.get(i)
+                && !deferred.contains_key(&i);
+            if usable && out.len() < max {
+                out.push(i);
+                return false;
             }
-            if self.outstanding[i as usize] == 0 {
-                all_requested = false;
-                if view.have.get(i) {
-                    out.push(i);
-                    if out.len() == max {
-                        break;
+            usable
+        });
+        let mut all_requested = true;
+        if out.len() < max {
+            for &i in &self.order[self.scan_start..] {
+                if done.get(i) {
+                    continue;
+                }
+                if outstanding[i as usize] == 0 {
+                    all_requested = false;
+                    if view.may_ask(i) && !out.contains(&i) {
+                        out.push(i);
+                        if out.len() == max {
+                            break;
+                        }
                     }
                 }
             }
@@ -213,9 +269,9 @@ impl Scheduler {
         if out.is_empty() && all_requested {
             // Endgame: duplicate requests for stragglers held elsewhere.
             for &i in &self.order[self.scan_start..] {
-                if !self.done.get(i)
-                    && self.outstanding[i as usize] < ENDGAME_DUPLICATES
-                    && view.have.get(i)
+                if !done.get(i)
+                    && outstanding[i as usize] < ENDGAME_DUPLICATES
+                    && view.may_ask(i)
                     && !view.inflight.contains(&i)
                 {
                     out.push(i);
@@ -225,11 +281,9 @@ impl Scheduler {
                 }
             }
         }
-        if let Some(view) = self.sources.get_mut(&id) {
-            for &i in &out {
-                view.inflight.insert(i);
-                self.outstanding[i as usize] += 1;
-            }
+        for &i in &out {
+            view.inflight.insert(i);
+            self.outstanding[i as usize] += 1;
         }
         out
     }
@@ -250,6 +304,11 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     fn have(n: u32, idx: &[u32]) -> Bitfield {
         let mut b = Bitfield::new(n);
@@ -266,8 +325,8 @@ mod tests {
         s.set_source(2, have(4, &[0, 1, 2]));
         s.set_source(3, have(4, &[0, 1]));
         // chunk 3 is held by one source, 2 by two, 0 and 1 by three.
-        assert_eq!(s.pick(1, 2), vec![3, 2]);
-        let next = s.pick(1, 2);
+        assert_eq!(s.pick(1, 2, now()), vec![3, 2]);
+        let next = s.pick(1, 2, now());
         assert!(next.contains(&0) && next.contains(&1));
     }
 
@@ -276,17 +335,17 @@ mod tests {
         let mut s = Scheduler::new(Bitfield::new(3));
         s.set_source(1, Bitfield::full(3));
         s.set_source(2, Bitfield::full(3));
-        let a = s.pick(1, 2);
-        let b = s.pick(2, 2);
+        let a = s.pick(1, 2, now());
+        let b = s.pick(2, 2, now());
         assert_eq!(a.len(), 2);
         assert_eq!(b.len(), 1);
         assert!(!a.contains(&b[0]));
         // Everything is requested: source 2 may duplicate source 1's chunks.
-        let dup = s.pick(2, 5);
+        let dup = s.pick(2, 5, now());
         assert_eq!(dup.len(), 2);
         assert!(dup.iter().all(|i| a.contains(i)));
         assert!(
-            s.pick(2, 5).is_empty(),
+            s.pick(2, 5, now()).is_empty(),
             "at most one duplicate per chunk and source"
         );
         assert!(s.complete(1, a[0]));
@@ -298,9 +357,9 @@ mod tests {
         let mut s = Scheduler::new(Bitfield::new(2));
         s.set_source(1, Bitfield::full(2));
         s.set_source(2, Bitfield::full(2));
-        assert_eq!(s.pick(1, 2).len(), 2);
+        assert_eq!(s.pick(1, 2, now()).len(), 2);
         s.remove_source(1);
-        let mut got = s.pick(2, 2);
+        let mut got = s.pick(2, 2, now());
         got.sort();
         assert_eq!(got, vec![0, 1]);
     }
@@ -312,18 +371,53 @@ mod tests {
         assert_eq!(s.missing_without_source(), 2);
         s.remove_source(1);
         assert_eq!(s.missing_without_source(), 4);
-        assert!(s.pick(1, 3).is_empty());
+        assert!(s.pick(1, 3, now()).is_empty());
     }
 
     #[test]
     fn lacking_source_is_not_asked_again() {
         let mut s = Scheduler::new(Bitfield::new(2));
         s.set_source(1, Bitfield::full(2));
-        let first = s.pick(1, 1);
+        let first = s.pick(1, 1, now());
         s.source_lacks(1, first[0]);
-        let second = s.pick(1, 5);
+        let second = s.pick(1, 5, now());
         assert_eq!(second.len(), 1);
         assert_ne!(second[0], first[0]);
         assert_eq!(s.missing_without_source(), 1);
+    }
+
+    #[test]
+    fn a_deferred_chunk_waits_and_suggestions_go_first() {
+        let mut s = Scheduler::new(Bitfield::new(10));
+        s.set_source(1, Bitfield::full(10));
+        let t = now();
+        let first = s.pick(1, 1, t)[0];
+        let suggest: Vec<u32> = (0..10).filter(|&i| i != first).rev().take(3).collect();
+        s.defer(1, first, &suggest, t + Duration::from_secs(2));
+        assert_eq!(s.pick(1, 3, t), suggest, "suggestions first, in order");
+        let rest = s.pick(1, 10, t);
+        assert_eq!(rest.len(), 6, "everything else but the deferred chunk");
+        assert!(!rest.contains(&first));
+        assert!(
+            s.pick(1, 10, t).is_empty(),
+            "no endgame on a deferred chunk"
+        );
+        assert_eq!(
+            s.pick(1, 10, t + Duration::from_secs(2)),
+            vec![first],
+            "asked again once the deferral ends"
+        );
+    }
+
+    #[test]
+    fn a_deferred_chunk_goes_to_another_source() {
+        let mut s = Scheduler::new(Bitfield::new(2));
+        s.set_source(1, Bitfield::full(2));
+        s.set_source(2, Bitfield::full(2));
+        let t = now();
+        let first = s.pick(1, 1, t)[0];
+        s.defer(1, first, &[1 - first], t + Duration::from_secs(3));
+        assert_eq!(s.pick(1, 2, t), vec![1 - first]);
+        assert_eq!(s.pick(2, 2, t), vec![first]);
     }
 }

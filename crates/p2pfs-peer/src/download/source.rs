@@ -26,7 +26,7 @@ use super::DownloadShared;
 /// Requests in flight when a source starts.
 pub(crate) const INITIAL_WINDOW: usize = 16;
 /// Fewest requests in flight for a healthy source.
-pub(crate) const MIN_WINDOW: usize = 4;
+pub(crate) const MIN_WINDOW: usize = 2;
 /// Most requests in flight per source.
 pub(crate) const MAX_WINDOW: usize = 64;
 /// Seconds of data to keep queued at a source (libtorrent keeps about 3).
@@ -34,6 +34,9 @@ pub(crate) const QUEUE_SECONDS: f64 = 1.0;
 /// A source that sends nothing for this long while requests are out gives
 /// them back to the other sources.
 pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// A chunk a seeder deferred is asked of it again after this long, unless
+/// it arrived from another source meanwhile.
+pub(crate) const DEFER_RETRY: Duration = Duration::from_secs(3);
 /// Bad chunks after which a source is dropped.
 pub(crate) const MAX_STRIKES: u32 = 2;
 /// Chunks of one source being verified and written while the next ones are
@@ -99,7 +102,7 @@ async fn source_impl(
                 // The stall clock runs from the first outstanding request.
                 last_data = Instant::now();
             }
-            let picks = dl.sched().pick(sid, want);
+            let picks = dl.sched().pick(sid, want, Instant::now());
             for index in picks {
                 let id = next_id;
                 next_id = next_id.wrapping_add(1).max(1);
@@ -163,6 +166,9 @@ async fn source_impl(
                     Frame::Control { id, msg } => {
                         let Some(p) = pending.remove(&id) else { continue };
                         match msg {
+                            Message::ReplyChunkDeferred { suggest, .. } => {
+                                dl.sched().defer(sid, p.index, &suggest, Instant::now() + DEFER_RETRY);
+                            }
                             Message::Error(e) if e.code == ErrorCode::NotFound => return Ok(SourceEnd::Gone),
                             Message::Error(e) => {
                                 debug!(%addr, chunk = p.index, reason = %e.message, "source refused a chunk");
