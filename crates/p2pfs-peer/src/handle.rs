@@ -954,7 +954,7 @@ async fn connect_and_announce(
     // content yet (its publisher may not be back).
     for (_, h) in inner.store.all() {
         if matches!(h.kind, HoldingKind::Download { .. }) {
-            let have = h.have.lock().map(|b| b.clone()).unwrap_or_default();
+            let have = h.have();
             if have.count_ones() > 0 {
                 let msg = Message::RequestHave {
                     manifest: (*h.manifest).clone(),

@@ -144,7 +144,7 @@ async fn restore_download(inner: &Arc<PeerInner>, row: DownloadRow) {
         }
         RowState::Failed | RowState::Cancelled => {
             let have = match holding_for(inner, &row, &manifest).await {
-                Ok(h) => h.have.lock().map(|b| b.clone()).unwrap_or_default(),
+                Ok(h) => h.have(),
                 Err(_) => Bitfield::new(manifest.chunk_count()),
             };
             let state = if row.state == RowState::Failed {
@@ -221,7 +221,7 @@ pub(crate) async fn resume_row(
         .map(Arc::new)
         .ok_or_else(|| PeerError::CannotResume("its manifest is missing".into()))?;
     let holding = holding_for(inner, &row, &manifest).await?;
-    let have = holding.have.lock().map(|b| b.clone()).unwrap_or_default();
+    let have = holding.have();
     inner
         .db
         .set_download_state(row.id, RowState::Running, None, &have)?;

@@ -61,6 +61,27 @@ enum Reply {
     Chunk(u32, p2pfs_proto::ContentId, Arc<Holding>, u32, Vec<u8>),
 }
 
+/// How often a connection tells its subscribed downloaders about chunks
+/// that became held here (`PeerRequestHave`).
+pub const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A downloader on this connection that asked to hear of new chunks.
+struct Subscription {
+    content_id: p2pfs_proto::ContentId,
+    holding: Arc<Holding>,
+    /// The holding's change counter when last told.
+    seen: u64,
+    /// Told the full bitfield: nothing more to say.
+    done: bool,
+}
+
+fn not_held(content_id: &p2pfs_proto::ContentId) -> Message {
+    Message::error(
+        ErrorCode::NotFound,
+        format!("content {} is not held here", content_id.short()),
+    )
+}
+
 /// Numbers serving connections for the initial-seeding ledger.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -86,6 +107,9 @@ async fn serve_requests(
     let (mut reader, mut writer) = split_server(stream);
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();
+    let mut subscriptions: Vec<Subscription> = Vec::new();
+    let mut push_tick = tokio::time::interval(PUSH_INTERVAL);
+    push_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -96,6 +120,19 @@ async fn serve_requests(
         };
         tokio::select! {
             biased;
+            _ = push_tick.tick(), if !subscriptions.is_empty() => {
+                for sub in &mut subscriptions {
+                    let changes = sub.holding.changes();
+                    if changes != sub.seen {
+                        sub.seen = changes;
+                        let have = sub.holding.have();
+                        sub.done = have.is_full();
+                        writer.queue_control(0, &Message::PeerHave { content_id: sub.content_id, have })?;
+                    }
+                }
+                subscriptions.retain(|s| !s.done);
+                writer.flush().await?;
+            }
             Some(reply) = queue.next(), if !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
                 Reply::Chunk(id, content_id, holding, index, data) => {
@@ -125,6 +162,22 @@ async fn serve_requests(
                 queue.push_back(match msg {
                     Message::RequestPingPong { nonce } => {
                         Box::pin(std::future::ready(Reply::Control(id, Message::ReplyPingPong { nonce })))
+                    }
+                    Message::PeerRequestHave { content_id } => {
+                        let reply = match inner.store.get(&content_id) {
+                            None => not_held(&content_id),
+                            Some(holding) => {
+                                let seen = holding.changes();
+                                let have = holding.have();
+                                if !have.is_full()
+                                    && !subscriptions.iter().any(|s| s.content_id == content_id)
+                                {
+                                    subscriptions.push(Subscription { content_id, holding, seen, done: false });
+                                }
+                                Message::PeerHave { content_id, have }
+                            }
+                        };
+                        Box::pin(std::future::ready(Reply::Control(id, reply)))
                     }
                     Message::PeerRequestChunk { content_id, index } => {
                         let holding = inner.store.get(&content_id);
@@ -169,10 +222,7 @@ async fn read_chunk(
     index: u32,
 ) -> Result<(Arc<Holding>, Vec<u8>), Message> {
     let Some(holding) = holding else {
-        return Err(Message::error(
-            ErrorCode::NotFound,
-            format!("content {} is not held here", content_id.short()),
-        ));
+        return Err(not_held(content_id));
     };
     if index >= holding.manifest.chunk_count() {
         return Err(Message::error(

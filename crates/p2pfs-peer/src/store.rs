@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -53,6 +54,9 @@ pub struct Holding {
     pub stamp: Mutex<Option<Stamp>>,
     /// Initial-seeding ledger, made on the first request once complete.
     spread: Mutex<Option<Spread>>,
+    /// Bumped whenever a chunk becomes held (downloaders subscribed with
+    /// `PeerRequestHave` are told).
+    changes: AtomicU64,
 }
 
 impl Holding {
@@ -73,7 +77,26 @@ impl Holding {
             kind,
             stamp: Mutex::new(stamp),
             spread: Mutex::new(None),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// Marks chunk `index` held (verified and written).
+    pub fn mark_held(&self, index: u32) {
+        if let Ok(mut have) = self.have.lock() {
+            have.set(index);
+        }
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// A counter that changes whenever a chunk becomes held.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// A copy of the held chunks.
+    pub fn have(&self) -> Bitfield {
+        self.have.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
     /// Whether every chunk is held.

@@ -289,6 +289,21 @@ pub enum Message {
         /// [`MAX_SUGGEST`](crate::limits::MAX_SUGGEST)).
         suggest: Vec<u32>,
     },
+    /// 27: downloader → peer: which chunks of this content do you hold,
+    /// and tell me as you verify more. Answered by `PeerHave` with the same
+    /// request id, then by `PeerHave` with request id 0 whenever the peer
+    /// holds more, until it holds them all or the connection closes.
+    PeerRequestHave {
+        /// Content.
+        content_id: ContentId,
+    },
+    /// 28: peer → downloader: the chunks it holds now.
+    PeerHave {
+        /// Content.
+        content_id: ContentId,
+        /// Held chunks, as many bits as the content has chunks.
+        have: Bitfield,
+    },
 }
 
 impl Message {
@@ -322,6 +337,8 @@ impl Message {
             Message::RequestUnpublish { .. } => "REQUEST_UNPUBLISH",
             Message::RequestHave { .. } => "REQUEST_HAVE",
             Message::ReplyChunkDeferred { .. } => "REPLY_CHUNK_DEFERRED",
+            Message::PeerRequestHave { .. } => "PEER_REQUEST_HAVE",
+            Message::PeerHave { .. } => "PEER_HAVE",
         }
     }
 
@@ -398,6 +415,7 @@ impl Message {
                 })
             }
             Message::ReplyHolders { holders } => holders_ok(holders),
+            Message::PeerHave { have, .. } => have.validate(),
             Message::RequestHave { manifest, have } => {
                 manifest.validate()?;
                 have.validate()?;

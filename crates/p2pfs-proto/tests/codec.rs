@@ -180,6 +180,16 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|holders| Message::ReplyHolders { holders }),
         (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..64))
             .prop_map(|(index, suggest)| Message::ReplyChunkDeferred { index, suggest }),
+        cid().prop_map(|content_id| Message::PeerRequestHave { content_id }),
+        (cid(), proptest::collection::vec(any::<bool>(), 0..300)).prop_map(|(content_id, bits)| {
+            let mut have = Bitfield::new(bits.len() as u32);
+            for (i, b) in bits.iter().enumerate() {
+                if *b {
+                    have.set(i as u32);
+                }
+            }
+            Message::PeerHave { content_id, have }
+        }),
     ]
 }
 

@@ -150,9 +150,7 @@ impl DownloadShared {
 
     /// Called once per newly verified and written chunk.
     pub(crate) fn chunk_verified(&self, index: u32, len: u32) {
-        if let Ok(mut have) = self.holding.have.lock() {
-            have.set(index);
-        }
+        self.holding.mark_held(index);
         self.bytes_done.fetch_add(u64::from(len), Ordering::Relaxed);
         if let Ok(mut q) = self.to_register.lock() {
             q.push(index);
@@ -463,7 +461,8 @@ fn update_sources(
             continue;
         }
         if let Some(&sid) = sources.active.get(&h.peer_id) {
-            dl.sched().set_source(sid, h.have.clone());
+            // The source may have told us more than the tracker knows yet.
+            dl.sched().merge_source(sid, &h.have);
             continue;
         }
         if let Some((n, at)) = sources.failures.get(&h.peer_id) {

@@ -126,6 +126,21 @@ impl Scheduler {
         self.order_dirty = true;
     }
 
+    /// Adds chunks a source now holds (it told us, or the tracker did);
+    /// what it was known to hold stays. Returns true when it added any.
+    pub fn merge_source(&mut self, id: SourceId, have: &Bitfield) -> bool {
+        let Some(view) = self.sources.get(&id) else {
+            return false;
+        };
+        if have.len() != self.n || have.ones().all(|i| view.have.get(i)) {
+            return false;
+        }
+        let mut merged = view.have.clone();
+        merged.union_with(have);
+        self.set_source(id, merged);
+        true
+    }
+
     /// Removes a source; its requests go back to the pool.
     pub fn remove_source(&mut self, id: SourceId) {
         self.release_all(id);
@@ -419,5 +434,19 @@ mod tests {
         s.defer(1, first, &[1 - first], t + Duration::from_secs(3));
         assert_eq!(s.pick(1, 2, t), vec![1 - first]);
         assert_eq!(s.pick(2, 2, t), vec![first]);
+    }
+
+    #[test]
+    fn merged_news_adds_and_keeps() {
+        let mut s = Scheduler::new(Bitfield::new(4));
+        s.set_source(1, have(4, &[0]));
+        assert!(s.merge_source(1, &have(4, &[2])));
+        assert!(!s.merge_source(1, &have(4, &[0, 2])), "nothing new");
+        assert!(!s.merge_source(2, &have(4, &[1])), "unknown source");
+        assert!(!s.merge_source(1, &have(5, &[4])), "wrong length");
+        let mut got = s.pick(1, 4, now());
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 2]);
+        assert_eq!(s.missing_without_source(), 2);
     }
 }
