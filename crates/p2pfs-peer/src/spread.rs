@@ -5,31 +5,42 @@
 //! bottleneck of the whole swarm: every chunk it sends twice is time taken
 //! from a chunk nobody has yet. Downloaders cannot avoid that on their own:
 //! they pick rarest first, but they learn what the others fetch only from
-//! the tracker, seconds late, so two of them often ask the seeder for the
-//! same chunk. The seeder sees every request, so it keeps the ledger:
+//! the tracker or from their sources, a moment late, so two of them often
+//! ask the seeder for the same chunk. The seeder sees every request, so it
+//! keeps the ledger: how many times it has handed out each chunk, and to
+//! which connection it handed it last.
 //!
-//! - a chunk nobody asked for recently is served and noted as handed to
-//!   that connection;
-//! - a request for a chunk handed to *another* connection within
-//!   [`HOLD_BACK`] is deferred with [`Message::ReplyChunkDeferred`]
-//!   (`p2pfs_proto::Message`), suggesting chunks not sent recently, as long
-//!   as there are such chunks; the requester gets the deferred chunk from
-//!   the peer it went to, once that peer has registered it;
-//! - when every chunk has been sent recently, everything is served: the
-//!   ledger never makes the seeder idle.
+//! A request of connection `c` for chunk `x` is
+//! - **served** if `x` was last handed to `c` itself (asked again);
+//! - **deferred without suggestions** if `x` was handed to another
+//!   connection and is still on its way there, or reached it less than
+//!   [`SPREAD_GRACE`] ago: that downloader is about to pass it on;
+//! - **served** if `x` is among the chunks handed out least often (in the
+//!   first round: never);
+//! - **deferred with suggestions** of least-handed chunks if `x` was handed
+//!   to another connection less than [`HOLD_BACK`] ago: the requester gets
+//!   `x` from there and asks the seeder for chunks nobody has;
+//! - **served** otherwise, so a chunk whose first downloader does not pass
+//!   it on comes from the seeder again.
 //!
-//! A lone downloader never asks for a chunk twice, so it is never deferred.
+//! A lone downloader never asks for a chunk twice, so it is never deferred;
+//! a second wave of downloaders, hours later, starts a new round.
 //! Pure state: no IO; the caller passes the clock.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use p2pfs_proto::limits::MAX_SUGGEST;
 
-/// How long a chunk handed to one connection is kept from others, counted
-/// from when it was written to that connection. Long enough for it to reach
-/// the tracker from its new holder and for the others to hear of it.
+/// How long a chunk handed to one connection is kept from others while
+/// less-handed chunks remain, counted from when it was written to that
+/// connection.
 pub const HOLD_BACK: Duration = Duration::from_secs(15);
+
+/// How long after a chunk was written to one downloader a request of
+/// another one is deferred in any case: time for the first one to verify
+/// it and tell its own downloaders.
+pub const SPREAD_GRACE: Duration = Duration::from_secs(2);
 
 /// Identifies one serving connection.
 pub type ConnId = u64;
@@ -43,17 +54,22 @@ pub enum Decision {
     Defer(Vec<u32>),
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Handed {
+    conn: ConnId,
+    at: Instant,
+    written: bool,
+}
+
 /// The ledger of one complete holding.
 #[derive(Debug)]
 pub struct Spread {
-    /// Per chunk: the connection it was last handed to and when, while
-    /// that is within [`HOLD_BACK`].
-    handed: Vec<Option<(ConnId, Instant)>>,
-    /// (time, chunk) in the order they were handed; an entry whose time no
-    /// longer matches `handed` is stale.
-    recent: VecDeque<(Instant, u32)>,
-    /// Chunks with `handed` set.
-    recent_count: usize,
+    /// Per chunk: times handed out.
+    sends: Vec<u32>,
+    /// Per chunk: the last hand-out.
+    last: Vec<Option<Handed>>,
+    /// How many chunks were handed out how many times.
+    levels: BTreeMap<u32, u32>,
     /// Where the next suggestion scan starts (moves on, so that concurrent
     /// requesters get different suggestions).
     cursor: usize,
@@ -62,88 +78,104 @@ pub struct Spread {
 impl Spread {
     /// A ledger for `n` chunks, none handed out.
     pub fn new(n: u32) -> Self {
+        let mut levels = BTreeMap::new();
+        if n > 0 {
+            levels.insert(0, n);
+        }
         Self {
-            handed: vec![None; n as usize],
-            recent: VecDeque::new(),
-            recent_count: 0,
+            sends: vec![0; n as usize],
+            last: vec![None; n as usize],
+            levels,
             cursor: rand::random::<u32>() as usize % (n as usize).max(1),
         }
     }
 
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, i)) = self.recent.front() {
-            if now.saturating_duration_since(at) < HOLD_BACK {
-                break;
-            }
-            self.recent.pop_front();
-            let slot = &mut self.handed[i as usize];
-            if slot.is_some_and(|(_, t)| t == at) {
-                *slot = None;
-                self.recent_count -= 1;
-            }
-        }
+    fn least(&self) -> u32 {
+        self.levels.keys().next().copied().unwrap_or(0)
     }
 
-    fn hand(&mut self, conn: ConnId, index: u32, now: Instant) {
-        let slot = &mut self.handed[index as usize];
-        if slot.is_none() {
-            self.recent_count += 1;
+    fn move_level(&mut self, index: usize, to: u32) {
+        let from = self.sends[index];
+        if let Some(c) = self.levels.get_mut(&from) {
+            *c -= 1;
+            if *c == 0 {
+                self.levels.remove(&from);
+            }
         }
-        *slot = Some((conn, now));
-        self.recent.push_back((now, index));
+        *self.levels.entry(to).or_insert(0) += 1;
+        self.sends[index] = to;
     }
 
-    /// Decides a request of `conn` for chunk `index` (in range).
+    fn hand(&mut self, conn: ConnId, index: usize, now: Instant) {
+        self.move_level(index, self.sends[index] + 1);
+        self.last[index] = Some(Handed {
+            conn,
+            at: now,
+            written: false,
+        });
+    }
+
+    /// Decides a request of `conn` for chunk `index` at time `now`.
     pub fn decide(&mut self, conn: ConnId, index: u32, now: Instant) -> Decision {
-        self.expire(now);
-        let Some(slot) = self.handed.get(index as usize) else {
+        let i = index as usize;
+        if i >= self.sends.len() {
             return Decision::Serve;
-        };
-        match *slot {
-            Some((owner, _)) if owner != conn && self.recent_count < self.handed.len() => {
-                Decision::Defer(self.suggest())
-            }
-            Some(_) => Decision::Serve,
-            None => {
-                self.hand(conn, index, now);
-                Decision::Serve
+        }
+        let other = self.last[i].filter(|h| h.conn != conn);
+        if self.last[i].is_some() && other.is_none() {
+            return Decision::Serve;
+        }
+        let since = |h: Handed| now.saturating_duration_since(h.at);
+        if let Some(h) = other {
+            if !h.written || since(h) < SPREAD_GRACE {
+                return Decision::Defer(Vec::new());
             }
         }
+        if self.sends[i] > self.least() && other.is_some_and(|h| since(h) < HOLD_BACK) {
+            return Decision::Defer(self.suggest(now));
+        }
+        self.hand(conn, i, now);
+        Decision::Serve
     }
 
-    /// Records that chunk `index` has been written to `conn`: the hold-back
-    /// runs from now (unless another connection has it by now).
+    /// Records that chunk `index` has been written to `conn`.
     pub fn written(&mut self, conn: ConnId, index: u32, now: Instant) {
-        self.expire(now);
-        match self.handed.get(index as usize) {
-            Some(Some((owner, _))) if *owner != conn => {}
-            Some(_) => self.hand(conn, index, now),
-            None => {}
-        }
-    }
-
-    /// Releases what `conn` was handed (it closed): those chunks may go to
-    /// anyone again.
-    pub fn forget(&mut self, conn: ConnId) {
-        for slot in &mut self.handed {
-            if slot.is_some_and(|(owner, _)| owner == conn) {
-                *slot = None;
-                self.recent_count -= 1;
+        if let Some(Some(h)) = self.last.get_mut(index as usize) {
+            if h.conn == conn {
+                h.at = now;
+                h.written = true;
             }
         }
     }
 
-    /// Up to [`MAX_SUGGEST`] chunks not handed out recently, scanning on
-    /// from where the last scan stopped.
-    fn suggest(&mut self) -> Vec<u32> {
-        let n = self.handed.len();
+    /// Releases what `conn` was handed (it closed): a chunk not written to
+    /// it yet counts as never handed to it.
+    pub fn forget(&mut self, conn: ConnId) {
+        for i in 0..self.last.len() {
+            if let Some(h) = self.last[i].filter(|h| h.conn == conn) {
+                self.last[i] = None;
+                if !h.written {
+                    self.move_level(i, self.sends[i].saturating_sub(1));
+                }
+            }
+        }
+    }
+
+    /// Up to [`MAX_SUGGEST`] of the least-handed chunks not handed out in
+    /// the last [`HOLD_BACK`], scanning on from where the last scan
+    /// stopped.
+    fn suggest(&mut self, now: Instant) -> Vec<u32> {
+        let n = self.sends.len();
+        let least = self.least();
         let mut out = Vec::new();
         let mut i = self.cursor;
         for _ in 0..n {
             if i >= n {
                 i = 0;
             }
-            if self.handed[i].is_none() {
+            let idle =
+                self.last[i].is_none_or(|h| now.saturating_duration_since(h.at) >= HOLD_BACK);
+            if self.sends[i] == least && idle {
                 out.push(i as u32);
                 if out.len() == MAX_SUGGEST {
                     i += 1;
@@ -161,6 +193,14 @@ impl Spread {
 mod tests {
     use super::*;
 
+    fn sorted(d: Decision) -> Vec<u32> {
+        let Decision::Defer(mut v) = d else {
+            panic!("expected a deferral, got {d:?}")
+        };
+        v.sort_unstable();
+        v
+    }
+
     #[test]
     fn a_lone_downloader_is_never_deferred() {
         let mut s = Spread::new(100);
@@ -173,39 +213,59 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_handed_to_another_is_deferred_with_fresh_suggestions() {
+    fn a_chunk_on_its_way_to_another_is_deferred() {
         let mut s = Spread::new(10);
         let t = Instant::now();
         assert_eq!(s.decide(1, 3, t), Decision::Serve);
-        assert_eq!(s.decide(1, 4, t), Decision::Serve);
-        let Decision::Defer(sug) = s.decide(2, 3, t) else {
-            panic!("expected a deferral")
-        };
-        assert_eq!(sug.len(), 8);
-        assert!(!sug.contains(&3) && !sug.contains(&4));
+        assert_eq!(s.decide(2, 3, t), Decision::Defer(Vec::new()));
+        s.written(1, 3, t);
+        let later = t + SPREAD_GRACE;
+        assert_eq!(
+            sorted(s.decide(2, 3, later)),
+            vec![0, 1, 2, 4, 5, 6, 7, 8, 9]
+        );
         // The suggestions are served to the second connection.
-        assert_eq!(s.decide(2, sug[0], t), Decision::Serve);
+        assert_eq!(s.decide(2, 0, later), Decision::Serve);
     }
 
     #[test]
-    fn everything_is_served_once_every_chunk_went_out() {
+    fn once_every_chunk_went_out_a_spread_chunk_is_served_again() {
         let mut s = Spread::new(3);
         let t = Instant::now();
         for i in 0..3 {
             assert_eq!(s.decide(1, i, t), Decision::Serve);
         }
-        assert_eq!(s.decide(2, 0, t), Decision::Serve, "nothing fresh left");
+        s.written(1, 0, t);
+        assert_eq!(s.decide(2, 0, t), Decision::Defer(Vec::new()));
+        assert_eq!(
+            s.decide(2, 1, t + SPREAD_GRACE),
+            Decision::Defer(Vec::new()),
+            "not written yet"
+        );
+        assert_eq!(
+            s.decide(2, 0, t + SPREAD_GRACE),
+            Decision::Serve,
+            "every chunk went out once"
+        );
+        assert_eq!(
+            s.decide(3, 0, t + SPREAD_GRACE),
+            Decision::Defer(Vec::new())
+        );
     }
 
     #[test]
-    fn the_hold_back_expires_from_the_write() {
+    fn a_chunk_handed_long_ago_is_not_suggested_while_fresh_ones_remain() {
         let mut s = Spread::new(4);
         let t = Instant::now();
         assert_eq!(s.decide(1, 0, t), Decision::Serve);
-        let later = t + HOLD_BACK - Duration::from_secs(1);
-        s.written(1, 0, later);
-        assert!(matches!(s.decide(2, 0, t + HOLD_BACK), Decision::Defer(_)));
-        assert_eq!(s.decide(2, 0, later + HOLD_BACK), Decision::Serve);
+        s.written(1, 0, t);
+        let late = t + HOLD_BACK;
+        // Past the hold-back chunk 0 is served again on request, but the
+        // suggestions are still the chunks never handed out.
+        assert_eq!(s.decide(1, 1, late), Decision::Serve);
+        s.written(1, 1, late);
+        assert_eq!(sorted(s.decide(2, 1, late + SPREAD_GRACE)), vec![2, 3]);
+        assert_eq!(s.decide(2, 0, late), Decision::Serve);
     }
 
     #[test]
@@ -220,11 +280,33 @@ mod tests {
     }
 
     #[test]
+    fn a_second_wave_starts_a_new_round() {
+        let mut s = Spread::new(2);
+        let t = Instant::now();
+        for i in 0..2 {
+            assert_eq!(s.decide(1, i, t), Decision::Serve);
+            s.written(1, i, t);
+        }
+        s.forget(1);
+        let later = t + HOLD_BACK * 100;
+        assert_eq!(s.decide(2, 0, later), Decision::Serve);
+        s.written(2, 0, later);
+        assert_eq!(
+            sorted(s.decide(3, 0, later + SPREAD_GRACE)),
+            vec![1],
+            "chunk 1 went out fewer times"
+        );
+    }
+
+    #[test]
     fn suggestions_move_on_between_requesters() {
         let mut s = Spread::new(1000);
         let t = Instant::now();
         assert_eq!(s.decide(1, 0, t), Decision::Serve);
-        let (Decision::Defer(a), Decision::Defer(b)) = (s.decide(2, 0, t), s.decide(3, 0, t))
+        s.written(1, 0, t);
+        let later = t + SPREAD_GRACE;
+        let (Decision::Defer(a), Decision::Defer(b)) =
+            (s.decide(2, 0, later), s.decide(3, 0, later))
         else {
             panic!("expected deferrals")
         };

@@ -26,11 +26,13 @@ use super::DownloadShared;
 /// Requests in flight when a source starts.
 pub(crate) const INITIAL_WINDOW: usize = 16;
 /// Fewest requests in flight for a healthy source.
-pub(crate) const MIN_WINDOW: usize = 2;
+pub(crate) const MIN_WINDOW: usize = 1;
 /// Most requests in flight per source.
 pub(crate) const MAX_WINDOW: usize = 64;
-/// Seconds of data to keep queued at a source (libtorrent keeps about 3).
-pub(crate) const QUEUE_SECONDS: f64 = 1.0;
+/// Seconds of data to keep queued at a source (libtorrent keeps about 3;
+/// less here keeps a seeder's upload from being promised far ahead, which
+/// slows how fast a swarm passes chunks on).
+pub(crate) const QUEUE_SECONDS: f64 = 0.5;
 /// A source that sends nothing for this long while requests are out gives
 /// them back to the other sources.
 pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(4);
@@ -97,6 +99,7 @@ async fn source_impl(
     let mut window = INITIAL_WINDOW;
     let mut strikes = 0;
     let mut last_data = Instant::now();
+    let mut last_buffered = 0;
     let mut rate_start = Instant::now();
     let mut rate_bytes: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -130,6 +133,13 @@ async fn source_impl(
         tokio::select! {
             () = wake => {}
             _ = tick.tick() => {
+                // Part of a frame arriving counts as progress: on a slow or
+                // crowded link one chunk can take longer than the stall limit.
+                let buffered = reader.read_buffer().len();
+                if buffered != last_buffered {
+                    last_buffered = buffered;
+                    last_data = Instant::now();
+                }
                 if !pending.is_empty() && last_data.elapsed() > STALL_TIMEOUT && dl.sched().inflight(sid) > 0 {
                     let n = dl.sched().release_all(sid);
                     warn!(%addr, requests = n, "source stalled; its requests go to others");
