@@ -61,18 +61,33 @@ enum Reply {
     Chunk(u32, p2pfs_proto::ContentId, Arc<Holding>, u32, Vec<u8>),
 }
 
-/// How often a connection tells its subscribed downloaders about chunks
-/// that became held here (`PeerRequestHave`).
+/// How often at most a connection tells its subscribed downloaders about
+/// chunks that became held here (`PeerRequestHave`); it wakes only when
+/// there is news.
 pub const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A downloader on this connection that asked to hear of new chunks.
 struct Subscription {
     content_id: p2pfs_proto::ContentId,
     holding: Arc<Holding>,
-    /// The holding's change counter when last told.
-    seen: u64,
+    /// The holding's change counter, seen up to when last told.
+    changes: tokio::sync::watch::Receiver<u64>,
     /// Told the full bitfield: nothing more to say.
     done: bool,
+}
+
+/// Waits until `quiet_until`, then until some subscription's holding
+/// changes. Returns its position, and false if the holding is gone.
+async fn next_news(
+    subscriptions: &mut [Subscription],
+    quiet_until: tokio::time::Instant,
+) -> (usize, bool) {
+    tokio::time::sleep_until(quiet_until).await;
+    let waits = subscriptions
+        .iter_mut()
+        .map(|s| Box::pin(s.changes.changed()));
+    let (result, index, _) = futures::future::select_all(waits).await;
+    (index, result.is_ok())
 }
 
 fn not_held(content_id: &p2pfs_proto::ContentId) -> Message {
@@ -108,8 +123,7 @@ async fn serve_requests(
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();
     let mut subscriptions: Vec<Subscription> = Vec::new();
-    let mut push_tick = tokio::time::interval(PUSH_INTERVAL);
-    push_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet_until = tokio::time::Instant::now();
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -120,11 +134,12 @@ async fn serve_requests(
         };
         tokio::select! {
             biased;
-            _ = push_tick.tick(), if !subscriptions.is_empty() => {
-                for sub in &mut subscriptions {
-                    let changes = sub.holding.changes();
-                    if changes != sub.seen {
-                        sub.seen = changes;
+            (fired, alive) = next_news(&mut subscriptions, quiet_until), if !subscriptions.is_empty() => {
+                for (i, sub) in subscriptions.iter_mut().enumerate() {
+                    if i == fired && !alive {
+                        sub.done = true;
+                    } else if i == fired || sub.changes.has_changed().unwrap_or(false) {
+                        sub.changes.borrow_and_update();
                         let have = sub.holding.have();
                         sub.done = have.is_full();
                         writer.queue_control(0, &Message::PeerHave { content_id: sub.content_id, have })?;
@@ -132,6 +147,7 @@ async fn serve_requests(
                 }
                 subscriptions.retain(|s| !s.done);
                 writer.flush().await?;
+                quiet_until = tokio::time::Instant::now() + PUSH_INTERVAL;
             }
             Some(reply) = queue.next(), if !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
@@ -167,12 +183,13 @@ async fn serve_requests(
                         let reply = match inner.store.get(&content_id) {
                             None => not_held(&content_id),
                             Some(holding) => {
-                                let seen = holding.changes();
+                                let mut changes = holding.changes();
+                                changes.borrow_and_update();
                                 let have = holding.have();
                                 if !have.is_full()
                                     && !subscriptions.iter().any(|s| s.content_id == content_id)
                                 {
-                                    subscriptions.push(Subscription { content_id, holding, seen, done: false });
+                                    subscriptions.push(Subscription { content_id, holding, changes, done: false });
                                 }
                                 Message::PeerHave { content_id, have }
                             }

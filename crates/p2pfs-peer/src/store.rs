@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -56,7 +55,7 @@ pub struct Holding {
     spread: Mutex<Option<Spread>>,
     /// Bumped whenever a chunk becomes held (downloaders subscribed with
     /// `PeerRequestHave` are told).
-    changes: AtomicU64,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Holding {
@@ -77,7 +76,7 @@ impl Holding {
             kind,
             stamp: Mutex::new(stamp),
             spread: Mutex::new(None),
-            changes: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -86,12 +85,12 @@ impl Holding {
         if let Ok(mut have) = self.have.lock() {
             have.set(index);
         }
-        self.changes.fetch_add(1, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
     }
 
-    /// A counter that changes whenever a chunk becomes held.
-    pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+    /// Watches a counter that changes whenever a chunk becomes held.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A copy of the held chunks.

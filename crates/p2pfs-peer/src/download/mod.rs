@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use p2pfs_proto::message::Holder;
+use rand::seq::SliceRandom;
 use p2pfs_proto::{ContentId, Manifest, Message, PeerId};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -35,6 +36,10 @@ use source::SourceEnd;
 
 /// Most chunk indexes per tracker announcement.
 pub const REGISTER_BATCH: usize = 1024;
+/// Most sources one download connects to at once. In a crowd every
+/// downloader holds chunks: connecting to all of them would cost N²
+/// connections; 32 random ones keep the swarm connected.
+pub const MAX_SOURCES: usize = 32;
 /// How often holders are refreshed from the tracker.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -450,7 +455,13 @@ fn update_sources(
     holders: &[Holder],
     only: Option<SocketAddr>,
 ) {
-    for h in holders {
+    // Known sources first (their news is merged), then the others in
+    // random order, so that a crowd of downloaders does not pile onto the
+    // same few holders (the tracker lists them by address).
+    let mut order: Vec<&Holder> = holders.iter().collect();
+    order.shuffle(&mut rand::rng());
+    order.sort_by_key(|h| !sources.active.contains_key(&h.peer_id));
+    for h in order {
         if h.peer_id == peer.peer_id
             || sources.banned.contains(&h.peer_id)
             || only.is_some_and(|a| a != h.addr)
@@ -464,6 +475,9 @@ fn update_sources(
             // The source may have told us more than the tracker knows yet.
             dl.sched().merge_source(sid, &h.have);
             continue;
+        }
+        if sources.active.len() >= MAX_SOURCES {
+            break;
         }
         if let Some((n, at)) = sources.failures.get(&h.peer_id) {
             // Back off 2 s, 4 s, 8 s ... (at most 32 s) between reconnects to a failing source.
