@@ -631,6 +631,12 @@ def table(results):
                 met(x["ratio_median"], lambda v: v <= 1.05))
             row(b, "**last / D**", fs(x["ratio_last"]), "≤ 1.15",
                 met(x["ratio_last"], lambda v: v <= 1.15))
+            if "D_tcp" in x:
+                r_tcp = H.summary([v / x["D_tcp"] for v in x["median"]["values"]])
+                row(b, f"median / D_tcp (D with TCP/IP/Ethernet headers, {x['D_tcp']:.1f} s)",
+                    fs(r_tcp))
+            if "seed_up" in x:
+                row(b, "seeder uploaded, file sizes (ideal 1)", fs(x["seed_up"]))
     elif r:
         row("3. swarm", "skipped", r["skipped"])
     r = results.get("tracker")

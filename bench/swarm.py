@@ -48,7 +48,14 @@ def bound(size, n, rate_mbit):
     bits = size * 8
     u = rate_mbit * 1e6
     d = max(bits / u, n * bits / (u + n * u))
-    return {"D": d, "client_server": n * bits / u, "F_over_us": bits / u}
+    # The shaper counts whole Ethernet frames: at MTU 1500 every 1,448 bytes
+    # of TCP payload (with timestamps) travel as 1,514 bytes (TCP 32 + IP 20
+    # + Ethernet 14 bytes of headers), so no TCP transfer can beat D_tcp.
+    return {"D": d, "D_tcp": d * WIRE_PER_PAYLOAD, "client_server": n * bits / u,
+            "F_over_us": bits / u}
+
+
+WIRE_PER_PAYLOAD = 1514 / 1448
 
 
 class Net:
