@@ -111,6 +111,9 @@ pub(crate) struct PeerInner {
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Stats,
+    /// Chunk bytes read for serving and not yet sent, across all
+    /// connections, in KiB ([`crate::server::SERVE_MEMORY_KIB`]).
+    pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
     delay_ms: AtomicU64,
     tracker: Mutex<Option<TrackerLink>>,
     pub(crate) publications: Mutex<Vec<Publication>>,
@@ -273,6 +276,9 @@ impl PeerHandle {
             store: Store::default(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
+            serve_memory: Arc::new(tokio::sync::Semaphore::new(
+                crate::server::SERVE_MEMORY_KIB as usize,
+            )),
             delay_ms: AtomicU64::new(0),
             tracker: Mutex::new(None),
             publications: Mutex::new(Vec::new()),

@@ -55,10 +55,24 @@ pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
 /// (replies still go out in request order).
 pub const READ_AHEAD: usize = 4;
 
+/// Most chunk bytes read from disk and waiting to be sent, across every
+/// connection, in KiB: a crowd of downloaders (each connection reads
+/// [`READ_AHEAD`] chunks ahead) queues for it instead of growing memory.
+pub const SERVE_MEMORY_KIB: u32 = 32 * 1024;
+
+/// A chunk read for sending, with its share of [`SERVE_MEMORY_KIB`].
+struct ReadChunk {
+    content_id: p2pfs_proto::ContentId,
+    holding: Arc<Holding>,
+    index: u32,
+    data: Vec<u8>,
+    _memory: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// A reply ready to send.
 enum Reply {
     Control(u32, Message),
-    Chunk(u32, p2pfs_proto::ContentId, Arc<Holding>, u32, Vec<u8>),
+    Chunk(u32, ReadChunk),
 }
 
 /// How often at most a connection tells its subscribed downloaders about
@@ -151,10 +165,10 @@ async fn serve_requests(
             }
             Some(reply) = queue.next(), if !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
-                Reply::Chunk(id, content_id, holding, index, data) => {
-                    writer.send_chunk(id, &content_id, index, &data).await?;
-                    holding.written(conn, index);
-                    inner.stats.record_upload(data.len());
+                Reply::Chunk(id, c) => {
+                    writer.send_chunk(id, &c.content_id, c.index, &c.data).await?;
+                    c.holding.written(conn, c.index);
+                    inner.stats.record_upload(c.data.len());
                 }
             },
             frame = tokio::time::timeout(IDLE_TIMEOUT, reader.next()), if queue.len() < ahead => {
@@ -212,8 +226,16 @@ async fn serve_requests(
                                 if !delay.is_zero() {
                                     tokio::time::sleep(delay).await;
                                 }
+                                let kib = holding
+                                    .as_ref()
+                                    .and_then(|h| h.manifest.chunk_range(index))
+                                    .map_or(0, |(_, len)| len.div_ceil(1024))
+                                    .min(SERVE_MEMORY_KIB);
+                                let Ok(memory) = inner.serve_memory.clone().acquire_many_owned(kib).await else {
+                                    return Reply::Control(id, Message::error(ErrorCode::Internal, "shutting down"));
+                                };
                                 match read_chunk(inner, holding, &content_id, index).await {
-                                    Ok((h, data)) => Reply::Chunk(id, content_id, h, index, data),
+                                    Ok((holding, data)) => Reply::Chunk(id, ReadChunk { content_id, holding, index, data, _memory: memory }),
                                     Err(reply) => Reply::Control(id, reply),
                                 }
                             }),

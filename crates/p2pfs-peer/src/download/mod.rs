@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use p2pfs_proto::message::Holder;
-use rand::seq::SliceRandom;
 use p2pfs_proto::{ContentId, Manifest, Message, PeerId};
+use rand::seq::SliceRandom;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
