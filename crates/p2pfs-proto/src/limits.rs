@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Magic bytes that open every connection's hello.
 pub const MAGIC: [u8; 4] = *b"P2PF";
 /// Version of the wire protocol spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Size of the fixed hello both sides send first, in bytes.
 pub const HELLO_LEN: usize = 8;
 

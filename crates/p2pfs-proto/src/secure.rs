@@ -50,7 +50,7 @@ const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
 /// Bound into the handshake hash: a peer speaking another protocol version
 /// or application cannot complete it even with the right key.
-const PROLOGUE: &[u8] = b"p2pfs wire protocol v2";
+const PROLOGUE: &[u8] = b"p2pfs wire protocol v3";
 /// Key-derivation context turning the network secret into the Noise PSK.
 const PSK_CONTEXT: &str = "p2pfs 2026-11 network secret -> Noise NNpsk0 pre-shared key";
 /// Prefix of a join token.

@@ -279,6 +279,35 @@ fn golden_bytes_pin_the_wire_format() {
     )
     .unwrap();
     assert_eq!(buf[9], 22);
+    // Version 3: initial seeding and news.
+    let mut buf = BytesMut::new();
+    encode_control(
+        1,
+        &Message::ReplyChunkDeferred {
+            index: 3,
+            suggest: vec![1, 2],
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[..], &[0, 0, 0, 10, 1, 0, 0, 0, 1, 26, 3, 2, 1, 2]);
+    let mut buf = BytesMut::new();
+    let content_id = ContentId([0; 32]);
+    encode_control(1, &Message::PeerRequestHave { content_id }, &mut buf).unwrap();
+    assert_eq!((buf.len(), buf[9]), (4 + 38, 27));
+    let mut have = Bitfield::new(3);
+    for i in 0..3 {
+        have.set(i);
+    }
+    let mut buf = BytesMut::new();
+    encode_control(1, &Message::PeerHave { content_id, have }, &mut buf).unwrap();
+    assert_eq!(&buf[..4], &[0, 0, 0, 0x29]);
+    assert_eq!(buf[9], 28);
+    assert_eq!(
+        &buf[42..],
+        &[3, 1, 0xe0],
+        "bitfield: len 3, one byte, bits e0"
+    );
 }
 
 #[test]
