@@ -60,13 +60,18 @@ pub const READ_AHEAD: usize = 4;
 /// [`READ_AHEAD`] chunks ahead) queues for it instead of growing memory.
 pub const SERVE_MEMORY_KIB: u32 = 32 * 1024;
 
+/// How long a request waits for its share of [`SERVE_MEMORY_KIB`] before
+/// it is read anyway (the budget is soft, so that connections that stopped
+/// reading cannot freeze serving for everyone).
+pub const SERVE_MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A chunk read for sending, with its share of [`SERVE_MEMORY_KIB`].
 struct ReadChunk {
     content_id: p2pfs_proto::ContentId,
     holding: Arc<Holding>,
     index: u32,
     data: Vec<u8>,
-    _memory: tokio::sync::OwnedSemaphorePermit,
+    _memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A reply ready to send.
@@ -137,6 +142,8 @@ async fn serve_requests(
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();
     let mut subscriptions: Vec<Subscription> = Vec::new();
+    // Chunks this connection was deferred for: asked again, they are served.
+    let mut deferred: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut quiet_until = tokio::time::Instant::now();
     loop {
         // With an artificial delay, requests are answered strictly one at a
@@ -217,10 +224,15 @@ async fn serve_requests(
                                 served.push(h.clone());
                             }
                         }
-                        match holding.as_ref().map(|h| h.decide(conn, index)) {
-                            Some(Decision::Defer(suggest)) => Box::pin(std::future::ready(
-                                Reply::Control(id, Message::ReplyChunkDeferred { index, suggest }),
-                            )),
+                        let asked_again = deferred.remove(&index);
+                        match holding.as_ref().map(|h| h.decide(conn, index, asked_again)) {
+                            Some(Decision::Defer(suggest)) => {
+                                deferred.insert(index);
+                                Box::pin(std::future::ready(Reply::Control(
+                                    id,
+                                    Message::ReplyChunkDeferred { index, suggest },
+                                )))
+                            }
                             _ => Box::pin(async move {
                                 let delay = inner.delay();
                                 if !delay.is_zero() {
@@ -231,12 +243,24 @@ async fn serve_requests(
                                     .and_then(|h| h.manifest.chunk_range(index))
                                     .map_or(0, |(_, len)| len.div_ceil(1024))
                                     .min(SERVE_MEMORY_KIB);
-                                let Ok(memory) = inner.serve_memory.clone().acquire_many_owned(kib).await else {
-                                    return Reply::Control(id, Message::error(ErrorCode::Internal, "shutting down"));
-                                };
+                                // A soft budget: connections that stopped reading
+                                // must not freeze serving for everyone.
+                                let memory = tokio::time::timeout(
+                                    SERVE_MEMORY_WAIT,
+                                    inner.serve_memory.clone().acquire_many_owned(kib),
+                                )
+                                .await
+                                .ok()
+                                .and_then(Result::ok);
+                                let taken = holding.clone();
                                 match read_chunk(inner, holding, &content_id, index).await {
                                     Ok((holding, data)) => Reply::Chunk(id, ReadChunk { content_id, holding, index, data, _memory: memory }),
-                                    Err(reply) => Reply::Control(id, reply),
+                                    Err(reply) => {
+                                        if let Some(h) = taken {
+                                            h.unhand(conn, index);
+                                        }
+                                        Reply::Control(id, reply)
+                                    }
                                 }
                             }),
                         }

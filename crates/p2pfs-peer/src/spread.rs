@@ -13,10 +13,12 @@
 //! A request of connection `c` for chunk `x` is
 //! - **served** if `x` was last handed to `c` itself (asked again);
 //! - **deferred without suggestions** if `x` was handed to another
-//!   connection and is still on its way there, or reached it less than
-//!   [`SPREAD_GRACE`] ago: that downloader is about to pass it on;
+//!   connection and is still on its way there (for at most [`HOLD_BACK`]),
+//!   or reached it less than [`SPREAD_GRACE`] ago: that downloader is about
+//!   to pass it on;
 //! - **served** if `x` is among the chunks handed out least often (in the
-//!   first round: never);
+//!   first round: never), or if `c` asks again for `x` after a deferral
+//!   (it could not get `x` elsewhere meanwhile);
 //! - **deferred with suggestions** of least-handed chunks if `x` was handed
 //!   to another connection less than [`HOLD_BACK`] ago: the requester gets
 //!   `x` from there and asks the seeder for chunks nobody has;
@@ -115,8 +117,15 @@ impl Spread {
         });
     }
 
-    /// Decides a request of `conn` for chunk `index` at time `now`.
-    pub fn decide(&mut self, conn: ConnId, index: u32, now: Instant) -> Decision {
+    /// Decides a request of `conn` for chunk `index` at time `now`;
+    /// `asked_again`: this connection was deferred for this chunk before.
+    pub fn decide(
+        &mut self,
+        conn: ConnId,
+        index: u32,
+        now: Instant,
+        asked_again: bool,
+    ) -> Decision {
         let i = index as usize;
         if i >= self.sends.len() {
             return Decision::Serve;
@@ -127,11 +136,15 @@ impl Spread {
         }
         let since = |h: Handed| now.saturating_duration_since(h.at);
         if let Some(h) = other {
-            if !h.written || since(h) < SPREAD_GRACE {
+            let on_its_way = !h.written && since(h) < HOLD_BACK;
+            if on_its_way || (h.written && since(h) < SPREAD_GRACE) {
                 return Decision::Defer(Vec::new());
             }
         }
-        if self.sends[i] > self.least() && other.is_some_and(|h| since(h) < HOLD_BACK) {
+        if !asked_again
+            && self.sends[i] > self.least()
+            && other.is_some_and(|h| since(h) < HOLD_BACK)
+        {
             return Decision::Defer(self.suggest(now));
         }
         self.hand(conn, i, now);
@@ -144,6 +157,18 @@ impl Spread {
             if h.conn == conn {
                 h.at = now;
                 h.written = true;
+            }
+        }
+    }
+
+    /// Takes back chunk `index` from `conn` (it could not be sent): unless
+    /// already written, it counts as never handed to it.
+    pub fn unhand(&mut self, conn: ConnId, index: u32) {
+        let i = index as usize;
+        if let Some(h) = self.last.get(i).copied().flatten() {
+            if h.conn == conn && !h.written {
+                self.last[i] = None;
+                self.move_level(i, self.sends[i].saturating_sub(1));
             }
         }
     }
@@ -206,26 +231,26 @@ mod tests {
         let mut s = Spread::new(100);
         let t = Instant::now();
         for i in 0..100 {
-            assert_eq!(s.decide(1, i, t), Decision::Serve);
+            assert_eq!(s.decide(1, i, t, false), Decision::Serve);
         }
         // Asking again (a chunk that failed to verify) is served too.
-        assert_eq!(s.decide(1, 5, t), Decision::Serve);
+        assert_eq!(s.decide(1, 5, t, false), Decision::Serve);
     }
 
     #[test]
     fn a_chunk_on_its_way_to_another_is_deferred() {
         let mut s = Spread::new(10);
         let t = Instant::now();
-        assert_eq!(s.decide(1, 3, t), Decision::Serve);
-        assert_eq!(s.decide(2, 3, t), Decision::Defer(Vec::new()));
+        assert_eq!(s.decide(1, 3, t, false), Decision::Serve);
+        assert_eq!(s.decide(2, 3, t, false), Decision::Defer(Vec::new()));
         s.written(1, 3, t);
         let later = t + SPREAD_GRACE;
         assert_eq!(
-            sorted(s.decide(2, 3, later)),
+            sorted(s.decide(2, 3, later, false)),
             vec![0, 1, 2, 4, 5, 6, 7, 8, 9]
         );
         // The suggestions are served to the second connection.
-        assert_eq!(s.decide(2, 0, later), Decision::Serve);
+        assert_eq!(s.decide(2, 0, later, false), Decision::Serve);
     }
 
     #[test]
@@ -233,22 +258,22 @@ mod tests {
         let mut s = Spread::new(3);
         let t = Instant::now();
         for i in 0..3 {
-            assert_eq!(s.decide(1, i, t), Decision::Serve);
+            assert_eq!(s.decide(1, i, t, false), Decision::Serve);
         }
         s.written(1, 0, t);
-        assert_eq!(s.decide(2, 0, t), Decision::Defer(Vec::new()));
+        assert_eq!(s.decide(2, 0, t, false), Decision::Defer(Vec::new()));
         assert_eq!(
-            s.decide(2, 1, t + SPREAD_GRACE),
+            s.decide(2, 1, t + SPREAD_GRACE, false),
             Decision::Defer(Vec::new()),
             "not written yet"
         );
         assert_eq!(
-            s.decide(2, 0, t + SPREAD_GRACE),
+            s.decide(2, 0, t + SPREAD_GRACE, false),
             Decision::Serve,
             "every chunk went out once"
         );
         assert_eq!(
-            s.decide(3, 0, t + SPREAD_GRACE),
+            s.decide(3, 0, t + SPREAD_GRACE, false),
             Decision::Defer(Vec::new())
         );
     }
@@ -257,26 +282,29 @@ mod tests {
     fn a_chunk_handed_long_ago_is_not_suggested_while_fresh_ones_remain() {
         let mut s = Spread::new(4);
         let t = Instant::now();
-        assert_eq!(s.decide(1, 0, t), Decision::Serve);
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
         s.written(1, 0, t);
         let late = t + HOLD_BACK;
         // Past the hold-back chunk 0 is served again on request, but the
         // suggestions are still the chunks never handed out.
-        assert_eq!(s.decide(1, 1, late), Decision::Serve);
+        assert_eq!(s.decide(1, 1, late, false), Decision::Serve);
         s.written(1, 1, late);
-        assert_eq!(sorted(s.decide(2, 1, late + SPREAD_GRACE)), vec![2, 3]);
-        assert_eq!(s.decide(2, 0, late), Decision::Serve);
+        assert_eq!(
+            sorted(s.decide(2, 1, late + SPREAD_GRACE, false)),
+            vec![2, 3]
+        );
+        assert_eq!(s.decide(2, 0, late, false), Decision::Serve);
     }
 
     #[test]
     fn a_closed_connection_releases_its_chunks() {
         let mut s = Spread::new(4);
         let t = Instant::now();
-        assert_eq!(s.decide(1, 0, t), Decision::Serve);
-        assert!(matches!(s.decide(2, 0, t), Decision::Defer(_)));
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
+        assert!(matches!(s.decide(2, 0, t, false), Decision::Defer(_)));
         s.forget(1);
-        assert_eq!(s.decide(2, 0, t), Decision::Serve);
-        assert!(matches!(s.decide(1, 0, t), Decision::Defer(_)));
+        assert_eq!(s.decide(2, 0, t, false), Decision::Serve);
+        assert!(matches!(s.decide(1, 0, t, false), Decision::Defer(_)));
     }
 
     #[test]
@@ -284,15 +312,15 @@ mod tests {
         let mut s = Spread::new(2);
         let t = Instant::now();
         for i in 0..2 {
-            assert_eq!(s.decide(1, i, t), Decision::Serve);
+            assert_eq!(s.decide(1, i, t, false), Decision::Serve);
             s.written(1, i, t);
         }
         s.forget(1);
         let later = t + HOLD_BACK * 100;
-        assert_eq!(s.decide(2, 0, later), Decision::Serve);
+        assert_eq!(s.decide(2, 0, later, false), Decision::Serve);
         s.written(2, 0, later);
         assert_eq!(
-            sorted(s.decide(3, 0, later + SPREAD_GRACE)),
+            sorted(s.decide(3, 0, later + SPREAD_GRACE, false)),
             vec![1],
             "chunk 1 went out fewer times"
         );
@@ -302,15 +330,54 @@ mod tests {
     fn suggestions_move_on_between_requesters() {
         let mut s = Spread::new(1000);
         let t = Instant::now();
-        assert_eq!(s.decide(1, 0, t), Decision::Serve);
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
         s.written(1, 0, t);
         let later = t + SPREAD_GRACE;
         let (Decision::Defer(a), Decision::Defer(b)) =
-            (s.decide(2, 0, later), s.decide(3, 0, later))
+            (s.decide(2, 0, later, false), s.decide(3, 0, later, false))
         else {
             panic!("expected deferrals")
         };
         assert_eq!(a.len(), MAX_SUGGEST);
         assert!(a.iter().all(|i| !b.contains(i)), "{a:?} / {b:?}");
+    }
+
+    #[test]
+    fn asking_again_after_a_deferral_is_served() {
+        let mut s = Spread::new(3);
+        let t = Instant::now();
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
+        s.written(1, 0, t);
+        let later = t + SPREAD_GRACE;
+        assert!(matches!(s.decide(2, 0, later, false), Decision::Defer(v) if !v.is_empty()));
+        assert_eq!(s.decide(2, 0, later, true), Decision::Serve);
+    }
+
+    #[test]
+    fn a_chunk_that_could_not_be_sent_is_taken_back() {
+        let mut s = Spread::new(3);
+        let t = Instant::now();
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
+        assert_eq!(s.decide(2, 0, t, false), Decision::Defer(Vec::new()));
+        s.unhand(1, 0);
+        assert_eq!(s.decide(2, 0, t, false), Decision::Serve);
+        // An unwritten hand-out does not hold the chunk back for ever.
+        assert_eq!(s.decide(3, 1, t, false), Decision::Serve);
+        assert_eq!(s.decide(1, 1, t + HOLD_BACK, false), Decision::Serve);
+    }
+
+    #[test]
+    fn a_closed_connection_gives_back_what_it_was_not_sent() {
+        let mut s = Spread::new(2);
+        let t = Instant::now();
+        assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
+        s.forget(1);
+        assert_eq!(s.decide(2, 1, t, false), Decision::Serve);
+        s.written(2, 1, t);
+        assert_eq!(
+            sorted(s.decide(3, 1, t + SPREAD_GRACE, false)),
+            vec![0],
+            "chunk 0 was never sent"
+        );
     }
 }

@@ -105,14 +105,22 @@ impl Holding {
 
     /// Decides a request of `conn` for chunk `index` by the initial-seeding
     /// rules ([`crate::spread`]); only a complete holding defers.
-    pub fn decide(&self, conn: ConnId, index: u32) -> Decision {
+    pub fn decide(&self, conn: ConnId, index: u32, asked_again: bool) -> Decision {
         if index >= self.manifest.chunk_count() || !self.is_complete() {
             return Decision::Serve;
         }
         let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
         spread
             .get_or_insert_with(|| Spread::new(self.manifest.chunk_count()))
-            .decide(conn, index, Instant::now())
+            .decide(conn, index, Instant::now(), asked_again)
+    }
+
+    /// Takes back chunk `index` from `conn`: it could not be sent.
+    pub fn unhand(&self, conn: ConnId, index: u32) {
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = spread.as_mut() {
+            s.unhand(conn, index);
+        }
     }
 
     /// Records that chunk `index` was written to `conn`.

@@ -228,7 +228,10 @@ impl Scheduler {
             if index < n {
                 view.deferred.insert(index, until);
             }
-            view.suggested = suggest.iter().copied().filter(|&i| i < n).collect();
+            if !suggest.is_empty() {
+                view.suggested = suggest.iter().copied().filter(|&i| i < n).collect();
+                view.suggested.dedup();
+            }
         }
     }
 
@@ -258,7 +261,7 @@ impl Scheduler {
                 && outstanding[i as usize] == 0
                 && have.get(i)
                 && !deferred.contains_key(&i);
-            if usable && out.len() < max {
+            if usable && out.len() < max && !out.contains(&i) {
                 out.push(i);
                 return false;
             }

@@ -172,7 +172,11 @@ async fn source_impl(
                     None => return Err(ProtoError::Closed),
                     Some(f) => f?,
                 };
-                last_data = Instant::now();
+                // News does not count as an answer to our requests.
+                let news = matches!(&frame, Frame::Control { id, .. } if *id == 0 || *id == have_id);
+                if !news {
+                    last_data = Instant::now();
+                }
                 match frame {
                     Frame::Chunk { id, index, data, content_id } => {
                         let Some(p) = pending.remove(&id) else { continue };
