@@ -96,17 +96,14 @@ struct Subscription {
 }
 
 /// Waits until `quiet_until`, then until some subscription's holding
-/// changes. Returns its position, and false if the holding is gone.
-async fn next_news(
-    subscriptions: &mut [Subscription],
-    quiet_until: tokio::time::Instant,
-) -> (usize, bool) {
+/// changes, and returns its position. (The watch cannot close: each
+/// subscription keeps its holding, which owns the sender, alive.)
+async fn next_news(subscriptions: &mut [Subscription], quiet_until: tokio::time::Instant) -> usize {
     tokio::time::sleep_until(quiet_until).await;
     let waits = subscriptions
         .iter_mut()
         .map(|s| Box::pin(s.changes.changed()));
-    let (result, index, _) = futures::future::select_all(waits).await;
-    (index, result.is_ok())
+    futures::future::select_all(waits).await.1
 }
 
 fn not_held(content_id: &p2pfs_proto::ContentId) -> Message {
@@ -155,11 +152,9 @@ async fn serve_requests(
         };
         tokio::select! {
             biased;
-            (fired, alive) = next_news(&mut subscriptions, quiet_until), if !subscriptions.is_empty() => {
+            fired = next_news(&mut subscriptions, quiet_until), if !subscriptions.is_empty() => {
                 for (i, sub) in subscriptions.iter_mut().enumerate() {
-                    if i == fired && !alive {
-                        sub.done = true;
-                    } else if i == fired || sub.changes.has_changed().unwrap_or(false) {
+                    if i == fired || sub.changes.has_changed().unwrap_or(false) {
                         sub.changes.borrow_and_update();
                         let have = sub.holding.have();
                         sub.done = have.is_full();
