@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -169,8 +168,24 @@ impl Holding {
         let (offset, len) = self.manifest.chunk_range(index).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "chunk index out of range")
         })?;
-        let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+        // Read into uninitialised capacity: zeroing a fresh buffer per chunk
+        // served was about 5 % of a seeder's CPU time.
+        let len = len as usize;
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            let spare = rustix::buffer::spare_capacity(&mut buf);
+            match rustix::io::pread(&*self.file, spare, at) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file ended before the chunk did",
+                    ))
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(buf)
     }
 

@@ -12,6 +12,7 @@
 
 pub mod scheduler;
 pub(crate) mod source;
+pub(crate) mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -146,6 +147,8 @@ pub(crate) struct DownloadShared {
     to_register: Mutex<Vec<u32>>,
     bytes_done: AtomicU64,
     local_error: Mutex<Option<String>>,
+    /// Checks and writes received chunks.
+    pub(crate) writer: writer::ChunkWriter,
 }
 
 impl DownloadShared {
@@ -275,6 +278,7 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
         to_register: Mutex::new(Vec::new()),
         bytes_done: AtomicU64::new(resumed_bytes),
         local_error: Mutex::new(None),
+        writer: writer::ChunkWriter::start(spec.holding.file.clone()),
     });
     tokio::spawn(async move {
         let (id, name) = (spec.id, spec.name.clone());

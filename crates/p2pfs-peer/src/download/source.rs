@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use p2pfs_proto::types::hash_chunk;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tracing::{debug, warn};
 
@@ -227,7 +225,9 @@ async fn accept_chunk(
     let Some((offset, len)) = dl.manifest.chunk_range(index) else {
         return Ok(false);
     };
-    let expected = dl.manifest.chunk_hash(index).copied();
+    let Some(expected) = dl.manifest.chunk_hash(index).copied() else {
+        return Ok(false);
+    };
     if data.len() != len as usize || dl.holding.has(index) {
         if dl.holding.has(index) {
             dl.sched().complete(sid, index);
@@ -236,16 +236,7 @@ async fn accept_chunk(
         dl.sched().release(sid, index);
         return Ok(false);
     }
-    let file = dl.holding.file.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        if Some(hash_chunk(&data)) != expected {
-            return Ok(false);
-        }
-        file.write_all_at(&data, offset).map(|()| true)
-    })
-    .await
-    .map_err(|e| ProtoError::Io(std::io::Error::other(e)))?;
-    match outcome {
+    match dl.writer.write(data, offset, expected).await {
         Ok(true) => {
             if dl.sched().complete(sid, index) {
                 dl.chunk_verified(index, len);
