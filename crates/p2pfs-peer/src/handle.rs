@@ -114,6 +114,8 @@ pub(crate) struct PeerInner {
     /// Chunk bytes read for serving and not yet sent, across all
     /// connections, in KiB ([`crate::server::SERVE_MEMORY_KIB`]).
     pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
+    /// Reads and checks chunks for serving.
+    pub(crate) reader: crate::reader::ChunkReader,
     delay_ms: AtomicU64,
     tracker: Mutex<Option<TrackerLink>>,
     pub(crate) publications: Mutex<Vec<Publication>>,
@@ -279,6 +281,9 @@ impl PeerHandle {
             serve_memory: Arc::new(tokio::sync::Semaphore::new(
                 crate::server::SERVE_MEMORY_KIB as usize,
             )),
+            reader: crate::reader::ChunkReader::start(
+                std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            ),
             delay_ms: AtomicU64::new(0),
             tracker: Mutex::new(None),
             publications: Mutex::new(Vec::new()),
@@ -813,6 +818,7 @@ impl PeerHandle {
                 .await;
         }
         self.inner.shutdown.cancel();
+        self.inner.reader.stop();
     }
 }
 

@@ -15,6 +15,7 @@ pub mod download;
 pub mod error;
 pub mod handle;
 pub mod hashing;
+mod reader;
 pub mod repo;
 mod restore;
 pub mod server;

@@ -3,8 +3,8 @@
 //!
 //! One task per connection reads requests in order and answers each one;
 //! the requester pipelines, so the connection stays busy. Chunk payloads are
-//! read positionally on a blocking thread and written to the socket without
-//! further copies.
+//! read positionally and checked by the [reader threads](crate::reader),
+//! and written to the socket without further copies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::handle::PeerInner;
+use crate::reader::ReadFailure;
 use crate::spread::{ConnId, Decision};
 use crate::store::Holding;
 
@@ -300,37 +301,18 @@ async fn read_chunk(
             format!("content {} is no longer served here", content_id.short()),
         )
     };
-    // Never serve a file that changed under us: check its size and
-    // modification time first, and every chunk's hash after reading.
-    let checked = holding.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        if !checked.unchanged_on_disk() {
-            return Ok::<_, std::io::Error>(Err("the file changed on disk"));
-        }
-        let data = checked.read_chunk(index)?;
-        if checked.verify(index, &data) {
-            Ok(Ok(data))
-        } else {
-            Ok(Err("a chunk read from disk no longer matches its hash"))
-        }
-    })
-    .await;
-    match read {
-        Ok(Ok(Ok(data))) => Ok((holding, data)),
-        Ok(Ok(Err(why))) => {
+    match inner.reader.read(holding.clone(), index).await {
+        Ok(data) => Ok((holding, data)),
+        Err(ReadFailure::Changed(why)) => {
             inner.withdraw(*content_id, why).await;
             Err(gone())
         }
-        Ok(Err(e)) => {
+        Err(ReadFailure::Io(e)) => {
             warn!(content = %content_id.short(), index, error = %e, "cannot read a chunk we hold");
             Err(Message::error(
                 ErrorCode::Internal,
                 "cannot read that chunk",
             ))
         }
-        Err(_) => Err(Message::error(
-            ErrorCode::Internal,
-            "chunk read task failed",
-        )),
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,8 +264,24 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ) -> Result<(), ProtoError> {
         let header = chunk_header(id, content_id, index, data.len())?;
         self.buf.extend_from_slice(&header);
-        self.inner.write_all_buf(&mut self.buf).await?;
-        self.inner.write_all(data).await?;
+        // Queued frames, header and payload in one system call where the
+        // socket takes them all.
+        let mut data = data;
+        while !self.buf.is_empty() || !data.is_empty() {
+            let n = self
+                .inner
+                .write_vectored(&[
+                    std::io::IoSlice::new(&self.buf),
+                    std::io::IoSlice::new(data),
+                ])
+                .await?;
+            if n == 0 {
+                return Err(ProtoError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            let from_buf = n.min(self.buf.len());
+            self.buf.advance(from_buf);
+            data = &data[n - from_buf..];
+        }
         self.inner.flush().await?;
         Ok(())
     }
@@ -521,6 +537,59 @@ impl Drop for IpSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn frames_survive_partial_vectored_writes() {
+        // A 7-byte pipe: every write is cut short, in the queued control
+        // frames, in the header and in the payload.
+        let (a, b) = tokio::io::duplex(7);
+        let mut writer = FrameWriter::new(a);
+        let content_id = ContentId([9; 32]);
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let reading = tokio::spawn(async move {
+            let mut reader = FramedRead::new(b, FrameCodec);
+            let mut frames = Vec::new();
+            while let Some(f) = reader.next().await {
+                frames.push(f.unwrap());
+            }
+            frames
+        });
+        writer.queue_control(3, &Message::Ok).unwrap();
+        writer
+            .send_chunk(4, &content_id, 2, &payload)
+            .await
+            .unwrap();
+        writer.send_control(5, &Message::Ok).await.unwrap();
+        drop(writer);
+        let frames = reading.await.unwrap();
+        assert_eq!(frames.len(), 3);
+        assert!(matches!(
+            frames[0],
+            Frame::Control {
+                id: 3,
+                msg: Message::Ok
+            }
+        ));
+        match &frames[1] {
+            Frame::Chunk {
+                id,
+                content_id: c,
+                index,
+                data,
+            } => {
+                assert_eq!((*id, *c, *index), (4, content_id, 2));
+                assert_eq!(&data[..], &payload[..]);
+            }
+            other => panic!("not a chunk frame: {other:?}"),
+        }
+        assert!(matches!(
+            frames[2],
+            Frame::Control {
+                id: 5,
+                msg: Message::Ok
+            }
+        ));
+    }
 
     #[tokio::test]
     async fn per_ip_limit_closes_extra_connections_and_frees_slots() {

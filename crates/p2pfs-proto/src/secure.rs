@@ -722,6 +722,26 @@ impl AsyncWrite for WriteHalf {
         Poll::Ready(Ok(taken))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.noise.is_none() {
+            return Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs);
+        }
+        // Sealing copies anyway: one slice at a time.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.noise.is_none()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(s) = &mut this.noise {
