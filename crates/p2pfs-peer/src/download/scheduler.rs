@@ -4,10 +4,13 @@
 //! - **Rarest first**: chunks held by the fewest known sources go first;
 //!   ties are broken at random so downloaders spread over different chunks.
 //! - **One request per chunk** in the normal phase.
-//! - **Endgame**: once every missing chunk has a request out, a source with
-//!   spare window may ask for a chunk another source is already fetching
-//!   (at most [`ENDGAME_DUPLICATES`] requests per chunk); the first verified
-//!   copy wins.
+//! - **Endgame**: once every missing chunk has a request out, a source
+//!   with nothing in flight may ask for the chunk whose request has waited
+//!   longest, if that was at least [`ENDGAME_AFTER`] ago (at most
+//!   [`ENDGAME_DUPLICATES`] requests per chunk, one duplicate per idle source
+//!   at a time); the first verified copy wins. Duplicating every request
+//!   still out, as soon as all were out, sent a third more bytes than
+//!   needed in a crowd of 100 downloaders.
 //! - A source that fails, stalls or leaves gives its requests back.
 //! - A seeder may **defer** a request (initial seeding, [`crate::spread`]):
 //!   that chunk is not asked of it again until the deferral ends, and the
@@ -28,6 +31,10 @@ pub type SourceId = u32;
 
 /// Most requests for one chunk at once during the endgame.
 pub const ENDGAME_DUPLICATES: u8 = 2;
+
+/// How long a chunk's request must have been out before an idle source
+/// asks for it too.
+pub const ENDGAME_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 struct SourceView {
@@ -60,6 +67,8 @@ pub struct Scheduler {
     n: u32,
     done: Bitfield,
     outstanding: Vec<u8>,
+    /// When each chunk with a request out was first asked for.
+    asked_at: Vec<Option<Instant>>,
     avail: Vec<u32>,
     order: Vec<u32>,
     order_dirty: bool,
@@ -77,6 +86,7 @@ impl Scheduler {
             n,
             done,
             outstanding: vec![0; n as usize],
+            asked_at: vec![None; n as usize],
             avail: vec![0; n as usize],
             order: (0..n).collect(),
             order_dirty: true,
@@ -160,7 +170,7 @@ impl Scheduler {
         };
         let released: Vec<u32> = view.inflight.drain().collect();
         for &i in &released {
-            self.outstanding[i as usize] = self.outstanding[i as usize].saturating_sub(1);
+            self.drop_request(i);
         }
         released.len()
     }
@@ -192,9 +202,17 @@ impl Scheduler {
     pub fn release(&mut self, id: SourceId, index: u32) {
         if let Some(view) = self.sources.get_mut(&id) {
             if view.inflight.remove(&index) {
-                self.outstanding[index as usize] =
-                    self.outstanding[index as usize].saturating_sub(1);
+                self.drop_request(index);
             }
+        }
+    }
+
+    /// One request for chunk `i` ended.
+    fn drop_request(&mut self, i: u32) {
+        let n = &mut self.outstanding[i as usize];
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.asked_at[i as usize] = None;
         }
     }
 
@@ -252,7 +270,7 @@ impl Scheduler {
             return out;
         };
         view.deferred.retain(|_, until| *until > now);
-        let (done, outstanding) = (&self.done, &self.outstanding);
+        let (done, outstanding, asked_at) = (&self.done, &self.outstanding, &self.asked_at);
         // Suggestions first: the chunks this seeder has sent to nobody.
         let deferred = &view.deferred;
         let have = &view.have;
@@ -284,24 +302,26 @@ impl Scheduler {
                 }
             }
         }
-        if out.is_empty() && all_requested {
-            // Endgame: duplicate requests for stragglers held elsewhere.
-            for &i in &self.order[self.scan_start..] {
-                if !done.get(i)
-                    && outstanding[i as usize] < ENDGAME_DUPLICATES
-                    && view.may_ask(i)
-                    && !view.inflight.contains(&i)
-                {
-                    out.push(i);
-                    if out.len() == max {
-                        break;
-                    }
-                }
-            }
+        if out.is_empty() && all_requested && view.inflight.is_empty() {
+            // Endgame: this idle source takes on the straggler asked longest ago.
+            let straggler = self.order[self.scan_start..]
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    !done.get(i)
+                        && outstanding[i as usize] < ENDGAME_DUPLICATES
+                        && view.may_ask(i)
+                        && !view.inflight.contains(&i)
+                })
+                .filter_map(|i| asked_at[i as usize].map(|at| (at, i)))
+                .filter(|&(at, _)| now.saturating_duration_since(at) >= ENDGAME_AFTER)
+                .min();
+            out.extend(straggler.map(|(_, i)| i));
         }
         for &i in &out {
             view.inflight.insert(i);
             self.outstanding[i as usize] += 1;
+            self.asked_at[i as usize].get_or_insert(now);
         }
         out
     }
@@ -353,21 +373,44 @@ mod tests {
         let mut s = Scheduler::new(Bitfield::new(3));
         s.set_source(1, Bitfield::full(3));
         s.set_source(2, Bitfield::full(3));
-        let a = s.pick(1, 2, now());
-        let b = s.pick(2, 2, now());
+        let t = now();
+        let a = s.pick(1, 2, t);
+        let t1 = t + Duration::from_millis(300);
+        let b = s.pick(2, 2, t1);
         assert_eq!(a.len(), 2);
         assert_eq!(b.len(), 1);
         assert!(!a.contains(&b[0]));
-        // Everything is requested: source 2 may duplicate source 1's chunks.
-        let dup = s.pick(2, 5, now());
-        assert_eq!(dup.len(), 2);
-        assert!(dup.iter().all(|i| a.contains(i)));
-        assert!(
-            s.pick(2, 5, now()).is_empty(),
-            "at most one duplicate per chunk and source"
-        );
-        assert!(s.complete(1, a[0]));
-        assert!(!s.complete(2, a[0]), "second copy is a duplicate");
+        // Everything is requested, but source 2 is busy: no duplicates.
+        assert!(s.pick(2, 5, t + ENDGAME_AFTER * 2).is_empty());
+        assert!(s.complete(2, b[0]));
+        // Idle now, but the requests out are too young.
+        assert!(s.pick(2, 5, t + ENDGAME_AFTER / 2).is_empty());
+        // Old enough: one duplicate, of a chunk source 1 is fetching.
+        let later = t + ENDGAME_AFTER;
+        let dup = s.pick(2, 5, later);
+        assert_eq!(dup.len(), 1, "one straggler at a time");
+        assert!(a.contains(&dup[0]));
+        assert!(s.pick(2, 5, later).is_empty(), "busy again");
+        assert!(s.complete(1, dup[0]));
+        assert!(!s.complete(2, dup[0]), "second copy is a duplicate");
+        let other = a.iter().copied().find(|&i| i != dup[0]).unwrap();
+        assert_eq!(s.pick(2, 5, later), vec![other]);
+    }
+
+    #[test]
+    fn the_endgame_takes_the_oldest_request_first() {
+        let mut s = Scheduler::new(Bitfield::new(3));
+        s.set_source(1, Bitfield::full(3));
+        s.set_source(2, Bitfield::full(3));
+        let t = now();
+        let first = s.pick(1, 1, t)[0];
+        let rest = s.pick(1, 5, t + Duration::from_millis(500));
+        assert_eq!(rest.len(), 2);
+        assert_eq!(s.pick(2, 5, t + ENDGAME_AFTER * 3), vec![first]);
+        // A released request no longer counts as asked.
+        s.release_all(1);
+        assert_eq!(s.asked_at[first as usize], Some(t), "source 2 still asks");
+        assert!(rest.iter().all(|&i| s.asked_at[i as usize].is_none()));
     }
 
     #[test]
