@@ -7,6 +7,10 @@
 //! tracker in batches, publishes progress on a `watch` channel, and on
 //! completion checks the `.part` file and renames it into place.
 //!
+//! Received chunks are checked and written by the download's own
+//! [`writer`] thread, fed by a bounded queue; the main task waits for it to
+//! settle before it renames the file.
+//!
 //! Lock order: `DownloadShared::sched` before `Holding::have`; both are
 //! std mutexes held only for short, await-free sections.
 
@@ -397,6 +401,8 @@ async fn run(
     };
     dl.cancel.cancel();
     while sources.set.join_next().await.is_some() {}
+    // A duplicate copy may still be on its way into the file.
+    dl.writer.settle().await;
     flush_register(&peer, &dl).await;
     let state = match result {
         Ok(()) => match finish_file(&dl, &spec).await {
