@@ -67,7 +67,8 @@ pub struct Scheduler {
     n: u32,
     done: Bitfield,
     outstanding: Vec<u8>,
-    /// When each chunk with a request out was first asked for.
+    /// When each chunk with a request out was last asked for (the newest
+    /// request: once one of two is released, the other may be that recent).
     asked_at: Vec<Option<Instant>>,
     avail: Vec<u32>,
     order: Vec<u32>,
@@ -308,10 +309,7 @@ impl Scheduler {
                 .iter()
                 .copied()
                 .filter(|&i| {
-                    !done.get(i)
-                        && outstanding[i as usize] < ENDGAME_DUPLICATES
-                        && view.may_ask(i)
-                        && !view.inflight.contains(&i)
+                    !done.get(i) && outstanding[i as usize] < ENDGAME_DUPLICATES && view.may_ask(i)
                 })
                 .filter_map(|i| asked_at[i as usize].map(|at| (at, i)))
                 .filter(|&(at, _)| now.saturating_duration_since(at) >= ENDGAME_AFTER)
@@ -321,7 +319,7 @@ impl Scheduler {
         for &i in &out {
             view.inflight.insert(i);
             self.outstanding[i as usize] += 1;
-            self.asked_at[i as usize].get_or_insert(now);
+            self.asked_at[i as usize] = Some(now);
         }
         out
     }
@@ -402,15 +400,23 @@ mod tests {
         let mut s = Scheduler::new(Bitfield::new(3));
         s.set_source(1, Bitfield::full(3));
         s.set_source(2, Bitfield::full(3));
+        s.set_source(3, Bitfield::full(3));
         let t = now();
         let first = s.pick(1, 1, t)[0];
         let rest = s.pick(1, 5, t + Duration::from_millis(500));
         assert_eq!(rest.len(), 2);
-        assert_eq!(s.pick(2, 5, t + ENDGAME_AFTER * 3), vec![first]);
-        // A released request no longer counts as asked.
+        let t2 = t + ENDGAME_AFTER * 3;
+        assert_eq!(s.pick(2, 5, t2), vec![first]);
+        // Source 1 lets go: source 2's request of `first` is the one out
+        // now, and it is too recent for source 3 to duplicate.
         s.release_all(1);
-        assert_eq!(s.asked_at[first as usize], Some(t), "source 2 still asks");
+        assert_eq!(s.asked_at[first as usize], Some(t2));
         assert!(rest.iter().all(|&i| s.asked_at[i as usize].is_none()));
+        for &i in &rest {
+            assert!(s.complete(1, i), "a late reply still counts");
+        }
+        assert!(s.pick(3, 5, t2 + ENDGAME_AFTER / 2).is_empty());
+        assert_eq!(s.pick(3, 5, t2 + ENDGAME_AFTER), vec![first]);
     }
 
     #[test]
