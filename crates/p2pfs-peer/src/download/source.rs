@@ -223,9 +223,11 @@ async fn accept_chunk(
     data: Bytes,
 ) -> Result<bool, ProtoError> {
     let Some((offset, len)) = dl.manifest.chunk_range(index) else {
+        dl.sched().release(sid, index);
         return Ok(false);
     };
     let Some(expected) = dl.manifest.chunk_hash(index).copied() else {
+        dl.sched().release(sid, index);
         return Ok(false);
     };
     if data.len() != len as usize || dl.holding.has(index) {
