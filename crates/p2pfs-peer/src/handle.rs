@@ -281,9 +281,7 @@ impl PeerHandle {
             serve_memory: Arc::new(tokio::sync::Semaphore::new(
                 crate::server::SERVE_MEMORY_KIB as usize,
             )),
-            reader: crate::reader::ChunkReader::start(
-                std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
-            ),
+            reader: crate::reader::ChunkReader::start(crate::reader::reader_threads()),
             delay_ms: AtomicU64::new(0),
             tracker: Mutex::new(None),
             publications: Mutex::new(Vec::new()),

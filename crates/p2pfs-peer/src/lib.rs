@@ -5,6 +5,7 @@
 //! - [`download`]: the download manager (scheduler, sources, progress).
 //! - [`server`]: the listener that serves chunks and pings.
 //! - [`store`]: what this peer holds and may serve.
+//! - `reader`: the threads that read and hash-check chunks for serving.
 //! - [`spread`]: initial seeding: every chunk out once before any twice.
 //! - [`repo`]: the durable repository (SQLite): peer id, publications,
 //!   manifests, downloads and their verified chunks.

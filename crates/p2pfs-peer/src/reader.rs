@@ -6,9 +6,12 @@
 //! per chunk, so that under load a reader finds the next job without being
 //! woken (a `strace` of a 1 GiB fetch counted about five futex calls per
 //! chunk served with a blocking-pool task each). The queue is bounded by
-//! its callers: each connection reads at most [`READ_AHEAD`] chunks ahead.
+//! its callers: each connection reads at most [`READ_AHEAD`] chunks ahead,
+//! so at most [`MAX_CONNECTIONS`] × [`READ_AHEAD`] jobs wait, and a job
+//! whose connection has closed is dropped unread.
 //!
 //! [`READ_AHEAD`]: crate::server::READ_AHEAD
+//! [`MAX_CONNECTIONS`]: crate::server::MAX_CONNECTIONS
 
 use std::io;
 use std::sync::{mpsc, Arc, Mutex};
@@ -18,6 +21,17 @@ use tracing::warn;
 
 use crate::store::Holding;
 
+/// Fewest and most reader threads per peer (one per core in between): a
+/// few parallel reads keep a disk busy; hashing needs no more than the cores.
+pub(crate) const READER_THREADS: (usize, usize) = (2, 8);
+
+/// The number of reader threads for this machine.
+pub(crate) fn reader_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(READER_THREADS.0, |n| n.get())
+        .clamp(READER_THREADS.0, READER_THREADS.1)
+}
+
 /// Why a chunk read for serving was not sent.
 #[derive(Debug)]
 pub(crate) enum ReadFailure {
@@ -26,6 +40,8 @@ pub(crate) enum ReadFailure {
     Changed(&'static str),
     /// Reading failed.
     Io(io::Error),
+    /// The peer is shutting down.
+    Stopped,
 }
 
 struct Job {
@@ -55,6 +71,10 @@ impl ChunkReader {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
+                    // Its connection closed while the job waited.
+                    if job.done.is_closed() {
+                        continue;
+                    }
                     let _ = job.done.send(read_and_check(&job.holding, job.index));
                 });
             if let Err(e) = spawned {
@@ -70,13 +90,12 @@ impl ChunkReader {
     /// modification time first, the chunk's hash after reading.
     ///
     /// # Errors
-    /// [`ReadFailure`]; `Io` also when the readers are stopped.
+    /// [`ReadFailure`].
     pub(crate) async fn read(
         &self,
         holding: Arc<Holding>,
         index: u32,
     ) -> Result<Vec<u8>, ReadFailure> {
-        let stopped = || ReadFailure::Io(io::Error::other("the chunk readers are stopped"));
         let (done, outcome) = oneshot::channel();
         let sent = self
             .tx
@@ -91,8 +110,8 @@ impl ChunkReader {
                 })
             });
         match sent {
-            Some(Ok(())) => outcome.await.unwrap_or_else(|_| Err(stopped())),
-            _ => Err(stopped()),
+            Some(Ok(())) => outcome.await.unwrap_or(Err(ReadFailure::Stopped)),
+            _ => Err(ReadFailure::Stopped),
         }
     }
 
@@ -115,5 +134,72 @@ fn read_and_check(holding: &Holding, index: u32) -> Result<Vec<u8>, ReadFailure>
         Err(ReadFailure::Changed(
             "a chunk read from disk no longer matches its hash",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HoldingKind;
+    use p2pfs_proto::Bitfield;
+    use std::time::Duration;
+
+    const CHUNK: usize = p2pfs_proto::limits::MIN_CHUNK_SIZE as usize;
+
+    fn holding(path: &std::path::Path) -> Arc<Holding> {
+        let manifest = crate::hashing::build_manifest(path).unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        let stamp = crate::repo::Stamp::of_file(&file).unwrap();
+        let n = manifest.chunk_count();
+        Arc::new(Holding::new(
+            Arc::new(manifest),
+            file,
+            path.to_path_buf(),
+            Bitfield::full(n),
+            HoldingKind::Published { name: "f".into() },
+            Some(stamp),
+        ))
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("answers within 10 s")
+    }
+
+    #[tokio::test]
+    async fn reads_checked_chunks_and_refuses_a_file_changed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..2 * CHUNK + 10).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let h = holding(&path);
+        let reader = ChunkReader::start(2);
+        let last = within(reader.read(h.clone(), 2)).await.unwrap();
+        assert_eq!(last, &data[2 * CHUNK..]);
+        let first = within(reader.read(h.clone(), 0)).await.unwrap();
+        assert_eq!(first, &data[..CHUNK]);
+
+        // Same size, modification time put back: only the hash tells.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut changed = data.clone();
+        changed[5] ^= 0xff;
+        std::fs::write(&path, &changed).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(matches!(
+            within(reader.read(h.clone(), 0)).await,
+            Err(ReadFailure::Changed(_))
+        ));
+
+        reader.stop();
+        assert!(matches!(
+            within(reader.read(h, 1)).await,
+            Err(ReadFailure::Stopped)
+        ));
     }
 }

@@ -307,6 +307,10 @@ async fn read_chunk(
             inner.withdraw(*content_id, why).await;
             Err(gone())
         }
+        Err(ReadFailure::Stopped) => Err(Message::error(
+            ErrorCode::Internal,
+            "this peer is shutting down",
+        )),
         Err(ReadFailure::Io(e)) => {
             warn!(content = %content_id.short(), index, error = %e, "cannot read a chunk we hold");
             Err(Message::error(

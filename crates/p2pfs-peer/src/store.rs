@@ -186,6 +186,8 @@ impl Holding {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The capacity may exceed `len`, and a read may have filled it.
+        buf.truncate(len);
         Ok(buf)
     }
 
