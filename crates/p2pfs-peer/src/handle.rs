@@ -114,6 +114,8 @@ pub(crate) struct PeerInner {
     /// Chunk bytes read for serving and not yet sent, across all
     /// connections, in KiB ([`crate::server::SERVE_MEMORY_KIB`]).
     pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
+    /// Upload slots ([`crate::server::UPLOAD_SLOTS`]).
+    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
     /// Reads and checks chunks for serving.
     pub(crate) reader: crate::reader::ChunkReader,
     delay_ms: AtomicU64,
@@ -281,6 +283,7 @@ impl PeerHandle {
             serve_memory: Arc::new(tokio::sync::Semaphore::new(
                 crate::server::SERVE_MEMORY_KIB as usize,
             )),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::server::UPLOAD_SLOTS)),
             reader: crate::reader::ChunkReader::start(crate::reader::reader_threads()),
             delay_ms: AtomicU64::new(0),
             tracker: Mutex::new(None),

@@ -81,6 +81,30 @@ enum Reply {
     Chunk(u32, ReadChunk),
 }
 
+/// Chunk replies sent at once by this peer, across all connections: the
+/// others wait their turn (first come, first served). Few transfers at a
+/// time each finish sooner, so the receivers can pass the chunks on sooner
+/// (BitTorrent's upload slots, without choking).
+pub const UPLOAD_SLOTS: usize = 4;
+
+/// Longest a chunk send keeps its upload slot: a receiver that reads
+/// slowly, or not at all, cannot hold the slots and stop this peer from
+/// serving everyone else; its send goes on without a slot.
+pub const SLOT_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Unsent bytes a serving socket may hold (`TCP_NOTSENT_LOWAT`): a chunk
+/// counts as sent, and frees its upload slot, once it is nearly on the
+/// wire rather than when it is queued in a large socket buffer.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+type SlotWait = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
+
 /// How often at most a connection tells its subscribed downloaders about
 /// chunks that became held here (`PeerRequestHave`); it wakes only when
 /// there is news.
@@ -120,6 +144,9 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 type PendingReply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'a>>;
 
 async fn serve(stream: TcpStream, inner: &PeerInner) -> Result<(), ProtoError> {
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "cannot limit unsent bytes on a serving socket");
+    }
     let (_role, stream) = accept(stream, Role::Peer, &inner.security).await?;
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let mut served: Vec<Arc<Holding>> = Vec::new();
@@ -143,6 +170,9 @@ async fn serve_requests(
     // Chunks this connection was deferred for: asked again, they are served.
     let mut deferred: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut quiet_until = tokio::time::Instant::now();
+    // The next chunk reply, read and waiting for an upload slot.
+    let mut waiting: Option<(u32, ReadChunk)> = None;
+    let mut slot: Option<SlotWait> = None;
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -166,17 +196,34 @@ async fn serve_requests(
                 writer.flush().await?;
                 quiet_until = tokio::time::Instant::now() + PUSH_INTERVAL;
             }
-            Some(reply) = queue.next(), if !queue.is_empty() => match reply {
-                Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
-                Reply::Chunk(id, c) => {
-                    writer.send_chunk(id, &c.content_id, c.index, &c.data).await?;
+            Some(permit) = futures::future::OptionFuture::from(slot.as_mut()), if slot.is_some() => {
+                slot = None;
+                if let Some((id, c)) = waiting.take() {
+                    // The slot is held while the chunk goes out, for at most
+                    // SLOT_HOLD (the semaphore is never closed).
+                    let send = writer.send_chunk(id, &c.content_id, c.index, &c.data);
+                    tokio::pin!(send);
+                    tokio::select! {
+                        sent = &mut send => sent?,
+                        () = tokio::time::sleep(SLOT_HOLD) => {
+                            drop(permit);
+                            send.await?;
+                        }
+                    }
                     c.holding.written(conn, c.index);
                     inner.stats.record_upload(c.data.len());
+                }
+            }
+            Some(reply) = queue.next(), if waiting.is_none() && !queue.is_empty() => match reply {
+                Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
+                Reply::Chunk(id, c) => {
+                    waiting = Some((id, c));
+                    slot = Some(Box::pin(inner.upload_slots.clone().acquire_owned()));
                 }
             },
             frame = tokio::time::timeout(IDLE_TIMEOUT, reader.next()), if queue.len() < ahead => {
                 let frame = match frame {
-                    Err(_) if queue.is_empty() => {
+                    Err(_) if queue.is_empty() && waiting.is_none() => {
                         return Err(ProtoError::Timeout(IDLE_TIMEOUT, "waiting for a request"))
                     }
                     Err(_) => continue,

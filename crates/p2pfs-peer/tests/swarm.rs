@@ -1172,3 +1172,41 @@ async fn a_downloading_peer_tells_its_subscribers_what_it_verifies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_stop_reading_do_not_hold_the_upload_slots() {
+    within(60, async {
+        let mut swarm = Swarm::new().await;
+        let seeder = swarm.peer().await;
+        let stuck_count = p2pfs_peer::server::UPLOAD_SLOTS + 2;
+        let (path, data) = swarm.file("slots.bin", 2 * stuck_count * CHUNK, 31);
+        let publication = seeder.publish(&path, "slots.bin").await.expect("publish");
+        let cid = publication.content_id;
+        // Each asks for two chunks of its own and never reads a reply, so
+        // its sends block with the socket full.
+        let mut stuck = Vec::new();
+        for k in 0..stuck_count {
+            let mut raw = RawSource::open(seeder.listen_addr(), &swarm.security).await;
+            for index in [2 * k, 2 * k + 1] {
+                raw.writer
+                    .queue_control(
+                        raw.next_id,
+                        &Message::PeerRequestChunk {
+                            content_id: cid,
+                            index: index as u32,
+                        },
+                    )
+                    .expect("queue a request");
+                raw.next_id += 1;
+            }
+            raw.writer.flush().await.expect("send the requests");
+            stuck.push(raw);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Everyone else is still served.
+        let downloader = swarm.peer().await;
+        fetch_ok(&downloader, "slots.bin", None, &data).await;
+        drop(stuck);
+    })
+    .await;
+}
