@@ -480,7 +480,13 @@ fn an_api_beyond_loopback_needs_its_token() -> Result {
     let out = ctl(None)?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("access token"));
-    assert!(ctl(Some(&token))?.status.success());
+    let out = ctl(Some(&token))?;
+    assert!(
+        out.status.success(),
+        "ctl with the token failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(a);
 
     // A loopback API without a token: foreign Host names (DNS rebinding)
