@@ -171,8 +171,7 @@ async fn serve_requests(
     let mut deferred: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut quiet_until = tokio::time::Instant::now();
     // The next chunk reply, read and waiting for an upload slot.
-    let mut waiting: Option<(u32, ReadChunk)> = None;
-    let mut slot: Option<SlotWait> = None;
+    let mut waiting: Option<(u32, ReadChunk, SlotWait)> = None;
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -196,9 +195,8 @@ async fn serve_requests(
                 writer.flush().await?;
                 quiet_until = tokio::time::Instant::now() + PUSH_INTERVAL;
             }
-            Some(permit) = futures::future::OptionFuture::from(slot.as_mut()), if slot.is_some() => {
-                slot = None;
-                if let Some((id, c)) = waiting.take() {
+            Some(permit) = futures::future::OptionFuture::from(waiting.as_mut().map(|w| &mut w.2)), if waiting.is_some() => {
+                if let Some((id, c, _)) = waiting.take() {
                     // The slot is held while the chunk goes out, for at most
                     // SLOT_HOLD (the semaphore is never closed).
                     let send = writer.send_chunk(id, &c.content_id, c.index, &c.data);
@@ -217,8 +215,7 @@ async fn serve_requests(
             Some(reply) = queue.next(), if waiting.is_none() && !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
                 Reply::Chunk(id, c) => {
-                    waiting = Some((id, c));
-                    slot = Some(Box::pin(inner.upload_slots.clone().acquire_owned()));
+                    waiting = Some((id, c, Box::pin(inner.upload_slots.clone().acquire_owned())));
                 }
             },
             frame = tokio::time::timeout(IDLE_TIMEOUT, reader.next()), if queue.len() < ahead => {

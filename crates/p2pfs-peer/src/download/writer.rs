@@ -122,7 +122,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_dropped_write_not_yet_started_is_skipped_and_settle_waits() {
+    async fn settle_waits_for_writes_whose_futures_were_dropped() {
         let f = tempfile::tempfile().unwrap();
         f.set_len(4).unwrap();
         let file = Arc::new(f);
