@@ -19,12 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::handle::Shared;
+use crate::state::State;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// Most connections served at once from one IP address (every peer of a
 /// host, or a load generator, connects from the same address).
 pub const MAX_CONNECTIONS_PER_IP: usize = 4096;
+
+/// Most requests of one connection answered under one lock of the state.
+const MAX_BATCH: usize = 64;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -87,33 +91,54 @@ async fn session(
         )));
     }
     let (mut reader, mut writer) = split_server(stream);
+    let mut batch = Vec::new();
     loop {
         let frame = match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ProtoError::Timeout(PEER_TIMEOUT, "waiting for a heartbeat")),
             Ok(None) => return Err(ProtoError::Closed),
             Ok(Some(f)) => f?,
         };
-        let mut next = Some(frame);
-        let mut leave = false;
-        while let Some(frame) = next.take() {
-            let Frame::Control { id, msg } = frame else {
-                writer.queue_control(
-                    0,
-                    &Message::error(
-                        ErrorCode::BadRequest,
-                        "chunk frames are not for the tracker",
-                    ),
-                )?;
-                writer.flush().await?;
-                return Err(ProtoError::Unexpected("chunk frame"));
-            };
-            leave |= matches!(msg, Message::Leave);
-            let reply = handle_request(shared, remote, conn_id, registered, msg);
-            writer.queue_control(id, &reply)?;
-            // Answer everything that is already buffered in one write.
-            if let Some(Some(f)) = reader.next().now_or_never() {
-                next = Some(f?);
+        // Everything already buffered is answered under one lock of the
+        // state and in one write.
+        batch.push(frame);
+        while batch.len() < MAX_BATCH {
+            match reader.next().now_or_never() {
+                Some(Some(f)) => batch.push(f?),
+                _ => break,
             }
+        }
+        let mut leave = false;
+        let mut stray_chunk = false;
+        let mut changed = false;
+        {
+            let Ok(mut state) = shared.state.lock() else {
+                return Err(ProtoError::Unexpected("tracker state poisoned"));
+            };
+            for frame in batch.drain(..) {
+                let Frame::Control { id, msg } = frame else {
+                    stray_chunk = true;
+                    break;
+                };
+                leave |= matches!(msg, Message::Leave);
+                let (reply, c) = handle_request(&mut state, remote, conn_id, registered, msg);
+                changed |= c;
+                writer.queue_control(id, &reply)?;
+            }
+        }
+        batch.clear();
+        if changed {
+            shared.changed();
+        }
+        if stray_chunk {
+            writer.queue_control(
+                0,
+                &Message::error(
+                    ErrorCode::BadRequest,
+                    "chunk frames are not for the tracker",
+                ),
+            )?;
+            writer.flush().await?;
+            return Err(ProtoError::Unexpected("chunk frame"));
         }
         tokio::time::timeout(CONNECT_TIMEOUT * 2, writer.flush())
             .await
@@ -128,16 +153,14 @@ fn refusal((code, message): (ErrorCode, String)) -> Message {
     Message::error(code, message)
 }
 
+/// Answers one request; the flag says whether the lists changed.
 fn handle_request(
-    shared: &Shared,
+    state: &mut State,
     remote: SocketAddr,
     conn_id: u64,
     registered: &mut Option<PeerId>,
     msg: Message,
-) -> Message {
-    let Ok(mut state) = shared.state.lock() else {
-        return Message::error(ErrorCode::Internal, "tracker state poisoned");
-    };
+) -> (Message, bool) {
     let mut changed = true;
     let reply = match msg {
         Message::RequestRegister {
@@ -242,9 +265,5 @@ fn handle_request(
             }
         }
     };
-    drop(state);
-    if changed {
-        shared.changed();
-    }
-    reply
+    (reply, changed)
 }

@@ -3,13 +3,18 @@
 //! persisted. All methods are synchronous and quick, so callers hold the
 //! state's mutex only for the call (never across an await).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, Holder, PeerInfo, PublishedInfo};
 use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId};
+
+/// Hash maps with foldhash, seeded per process: the keys are ids, hashes
+/// and names that peers choose, and SipHash showed up in profiles.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// An online peer.
 #[derive(Debug, Clone)]
@@ -39,6 +44,47 @@ struct Publication {
     publisher_addr: SocketAddr,
 }
 
+/// Every publication, by name then publisher: a file-location request is
+/// one hash lookup of its name (a B-tree of `(name, publisher)` keys spent
+/// most of its time comparing names).
+#[derive(Debug, Default)]
+struct Publications(HashMap<String, HashMap<PeerId, Publication>>);
+
+impl Publications {
+    fn get(&self, name: &str, publisher: PeerId) -> Option<&Publication> {
+        self.0.get(name)?.get(&publisher)
+    }
+
+    fn get_mut(&mut self, name: &str, publisher: PeerId) -> Option<&mut Publication> {
+        self.0.get_mut(name)?.get_mut(&publisher)
+    }
+
+    fn insert(&mut self, name: String, publisher: PeerId, p: Publication) {
+        self.0.entry(name).or_default().insert(publisher, p);
+    }
+
+    fn remove(&mut self, name: &str, publisher: PeerId) -> Option<Publication> {
+        let of_name = self.0.get_mut(name)?;
+        let p = of_name.remove(&publisher)?;
+        if of_name.is_empty() {
+            self.0.remove(name);
+        }
+        Some(p)
+    }
+
+    /// The publications of `name`, by publisher.
+    fn named(&self, name: &str) -> impl Iterator<Item = (&PeerId, &Publication)> {
+        self.0.get(name).into_iter().flatten()
+    }
+
+    /// Every publication, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (&String, &PeerId, &Publication)> {
+        self.0
+            .iter()
+            .flat_map(|(name, of_name)| of_name.iter().map(move |(id, p)| (name, id, p)))
+    }
+}
+
 #[derive(Debug)]
 struct Content {
     manifest: Arc<Manifest>,
@@ -54,7 +100,7 @@ struct Content {
 pub struct State {
     peers: HashMap<PeerId, PeerEntry>,
     by_addr: HashMap<SocketAddr, PeerId>,
-    publications: BTreeMap<(String, PeerId), Publication>,
+    publications: Publications,
     by_publisher: HashMap<PeerId, Published>,
     contents: HashMap<ContentId, Content>,
 }
@@ -91,14 +137,14 @@ impl State {
                     addr,
                     conn_id,
                     since: now_secs(),
-                    holds: HashSet::new(),
+                    holds: HashSet::default(),
                 },
             );
         }
         self.by_addr.insert(addr, peer_id);
         if let Some(published) = self.by_publisher.get(&peer_id) {
             for name in published.names.keys() {
-                if let Some(p) = self.publications.get_mut(&(name.clone(), peer_id)) {
+                if let Some(p) = self.publications.get_mut(name, peer_id) {
                     p.publisher_addr = addr;
                 }
             }
@@ -143,7 +189,7 @@ impl State {
 
     /// Removes a publication from the map and the publisher's index.
     fn remove_publication(&mut self, key: &(String, PeerId)) -> Option<Publication> {
-        let publ = self.publications.remove(key)?;
+        let publ = self.publications.remove(&key.0, key.1)?;
         if let Some(published) = self.by_publisher.get_mut(&key.1) {
             published.names.remove(&key.0);
             published.paths.remove(&publ.local_path);
@@ -186,7 +232,7 @@ impl State {
             return Err((ErrorCode::BadRequest, format!("invalid name: {why}")));
         }
         let content_id = manifest.content_id();
-        if let Some(p) = self.publications.get(&(name.clone(), peer_id)) {
+        if let Some(p) = self.publications.get(&name, peer_id) {
             if p.content_id != content_id {
                 return Err((
                     ErrorCode::NameTaken,
@@ -208,7 +254,7 @@ impl State {
         let chunks = manifest.chunk_count();
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
-            holders: HashMap::new(),
+            holders: HashMap::default(),
             names: BTreeSet::new(),
         });
         content.holders.insert(peer_id, Bitfield::full(chunks));
@@ -225,7 +271,8 @@ impl State {
         published.names.insert(name.clone(), local_path.clone());
         published.paths.insert(local_path.clone(), name.clone());
         self.publications.insert(
-            (name, peer_id),
+            name,
+            peer_id,
             Publication {
                 content_id,
                 local_path,
@@ -300,7 +347,7 @@ impl State {
         }
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
-            holders: HashMap::new(),
+            holders: HashMap::default(),
             names: BTreeSet::new(),
         });
         content
@@ -378,12 +425,12 @@ impl State {
     /// # Errors
     /// Unknown name, or several publishers when `publisher` is `None`.
     pub fn locate(&self, name: &str, publisher: Option<SocketAddr>) -> Result<Message, Refusal> {
-        let matches: Vec<(&PeerId, &Publication)> = self
+        let mut matches: Vec<(&PeerId, &Publication)> = self
             .publications
-            .range((name.to_string(), PeerId([0; 16]))..=(name.to_string(), PeerId([0xff; 16])))
-            .map(|((_, p), publ)| (p, publ))
+            .named(name)
             .filter(|(_, publ)| publisher.is_none_or(|a| a == publ.publisher_addr))
             .collect();
+        matches.sort_unstable_by_key(|(_, publ)| publ.publisher_addr);
         let (_, publ) = match matches.as_slice() {
             [] => {
                 let why = match publisher {
@@ -435,7 +482,7 @@ impl State {
         let mut files: Vec<FileInfo> = self
             .publications
             .iter()
-            .filter_map(|((name, publisher_id), p)| {
+            .filter_map(|(name, publisher_id, p)| {
                 let c = self.contents.get(&p.content_id)?;
                 let holders = c
                     .holders
@@ -478,7 +525,7 @@ impl State {
             .into_iter()
             .flat_map(|n| n.keys())
             .filter_map(|name| {
-                let p = self.publications.get(&(name.clone(), peer_id))?;
+                let p = self.publications.get(name, peer_id)?;
                 let c = self.contents.get(&p.content_id)?;
                 Some(PublishedInfo {
                     name: name.clone(),
@@ -523,7 +570,7 @@ impl State {
                     .names
                     .iter()
                     .filter_map(|key| {
-                        let p = self.publications.get(key)?;
+                        let p = self.publications.get(&key.0, key.1)?;
                         Some((key.0.clone(), p.publisher_addr))
                     })
                     .collect(),
@@ -546,7 +593,7 @@ mod tests {
     impl State {
         /// Panics unless every index agrees with the maps it indexes.
         fn check_indexes(&self) {
-            for ((name, publisher), p) in &self.publications {
+            for (name, publisher, p) in self.publications.iter() {
                 let idx = &self.by_publisher[publisher];
                 assert_eq!(idx.names.get(name), Some(&p.local_path));
                 assert_eq!(idx.paths.get(&p.local_path), Some(name));
@@ -557,7 +604,7 @@ mod tests {
                 assert!(!idx.names.is_empty());
                 assert_eq!(idx.names.len(), idx.paths.len());
                 for name in idx.names.keys() {
-                    assert!(self.publications.contains_key(&(name.clone(), *publisher)));
+                    assert!(self.publications.get(name, *publisher).is_some());
                 }
             }
             for (cid, c) in &self.contents {
@@ -566,7 +613,8 @@ mod tests {
                     assert!(self.peers[holder].holds.contains(cid), "holder not indexed");
                 }
                 for key in &c.names {
-                    assert_eq!(self.publications[key].content_id, *cid);
+                    let p = self.publications.get(&key.0, key.1).expect("indexed");
+                    assert_eq!(p.content_id, *cid);
                 }
             }
             for (id, e) in &self.peers {
