@@ -8,9 +8,19 @@
 //!    `--depth` pipelined requests for `--secs` seconds (after a 2 s warm-up),
 //!    alternating `RequestFileLocation` (a random published name) and
 //!    `RequestChunkRegister` (chunk 0 of a random file), and time every
-//!    request. The fill peers keep heartbeating meanwhile.
+//!    request. The fill peers keep heartbeating meanwhile. This closed loop
+//!    measures the most requests/s; its latency is mostly queueing (with
+//!    `conns × depth` requests always out, the mean latency is that number
+//!    divided by the rate).
+//! 3. **Open loop**, once per rate in `--rates`: fresh `--conns`
+//!    connections send one request at a time on a fixed schedule, together
+//!    `rate` requests/s, for `--rate-secs` seconds after a 1 s warm-up,
+//!    whatever the replies do (as `wrk2` does). Latency is timed from the
+//!    scheduled send, so a tracker that falls behind shows it, and also from
+//!    the write.
 //!
-//! Prints one JSON object: requests/s, p50/p99/max latency in ms, errors.
+//! Prints one JSON object: requests/s, p50/p99/max latency in ms, errors,
+//! and `open`: one object per rate.
 //! The tracker's memory is read by the caller (`bench/run.py`).
 //!
 //! ```sh
@@ -36,6 +46,8 @@ struct Args {
     conns: usize,
     depth: usize,
     secs: f64,
+    rates: Vec<f64>,
+    rate_secs: f64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,6 +59,8 @@ fn parse_args() -> Result<Args> {
         conns: 1_000,
         depth: 4,
         secs: 10.0,
+        rates: Vec::new(),
+        rate_secs: 5.0,
     };
     let mut tracker = None;
     let mut secure = None;
@@ -68,9 +82,20 @@ fn parse_args() -> Result<Args> {
             "--conns" => a.conns = val()?.parse()?,
             "--depth" => a.depth = val()?.parse()?,
             "--secs" => a.secs = val()?.parse()?,
+            "--rates" => {
+                a.rates = val()?
+                    .split(',')
+                    .map(|r| {
+                        r.trim()
+                            .parse::<f64>()
+                            .context("--rates R1,R2,… (requests/s)")
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--rate-secs" => a.rate_secs = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S]"
+                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S] [--rates R1,R2,…] [--rate-secs S]"
                 );
                 std::process::exit(0);
             }
@@ -81,6 +106,9 @@ fn parse_args() -> Result<Args> {
     a.security = secure.context("--join TOKEN or --insecure is required")?;
     if a.conns == 0 || a.peers == 0 || a.depth == 0 {
         bail!("--peers, --conns and --depth must be positive");
+    }
+    if a.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) || a.rate_secs <= 0.0 {
+        bail!("--rates and --rate-secs must be positive");
     }
     Ok(a)
 }
@@ -177,13 +205,15 @@ async fn fill(a: &Args) -> Result<(Vec<RpcClient>, Vec<ContentId>)> {
     Ok((clients, contents))
 }
 
-/// Heartbeats every fill peer once a second until `stop`, spread over the
-/// second in ten slices (real peers heartbeat at random phases).
+/// Heartbeats every fill peer once a second until `stop`, spread evenly
+/// over the second in 200 slices of 5 ms (real peers heartbeat at random
+/// phases; bursts of thousands would show up as latency spikes).
 fn heartbeats(idle: Vec<RpcClient>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    const SLICES: usize = 200;
     tokio::spawn(async move {
         let mut sent = 0u64;
-        let slice = idle.len().div_ceil(10).max(1);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let slice = idle.len().div_ceil(SLICES).max(1);
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / SLICES as u32);
         let mut slices = idle.chunks(slice).cycle();
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
@@ -204,21 +234,21 @@ fn heartbeats(idle: Vec<RpcClient>, stop: Arc<AtomicBool>) -> tokio::task::JoinH
 
 #[derive(Default)]
 struct Tally {
+    /// From the write (closed loop) or the scheduled send (open loop).
     latencies_us: Vec<u32>,
+    /// Open loop: from the write that carried the request.
+    service_us: Vec<u32>,
     errors: u64,
+    /// Open loop: requests still unanswered when the connection gave up.
+    unanswered: u64,
 }
 
-/// One load connection: a peer of its own (number `i`) that sends batches
-/// of `depth` requests and times each reply from the batch's write (the
-/// tracker answers in order). No per-request task or channel, so the
-/// generator spends little CPU per request.
-async fn load(
-    i: usize,
-    a: Arc<Args>,
-    contents: Arc<Vec<ContentId>>,
-    measure_from: Instant,
-    stop: Arc<AtomicBool>,
-) -> Result<Tally> {
+type Reader = tokio_util::codec::FramedRead<p2pfs_proto::secure::ReadHalf, p2pfs_proto::FrameCodec>;
+type Writer = p2pfs_proto::conn::FrameWriter<p2pfs_proto::secure::WriteHalf>;
+
+/// Connects load peer number `i` and registers it; the tracker answers in
+/// order, so the caller matches replies to requests by counting.
+async fn load_conn(i: usize, a: &Args) -> Result<(Reader, Writer)> {
     use futures::StreamExt;
     use p2pfs_proto::conn::FrameWriter;
     use p2pfs_proto::{Frame, FrameCodec};
@@ -247,9 +277,57 @@ async fn load(
         Some(Ok(Frame::Control {
             msg: Message::ReplyRegister { .. },
             ..
-        })) => {}
+        })) => Ok((reader, writer)),
         other => bail!("load peer {i}: register answered {other:?}"),
     }
+}
+
+/// Request number `n`: even ones locate a random name, odd ones register
+/// chunk 0 of a random content.
+fn request(n: u32, a: &Args, contents: &[ContentId]) -> Message {
+    let f = rand::rng().random_range(0..a.files);
+    if n.is_multiple_of(2) {
+        Message::RequestFileLocation {
+            name: name(f),
+            publisher: None,
+        }
+    } else {
+        Message::RequestChunkRegister {
+            content_id: contents[f],
+            indexes: vec![0],
+        }
+    }
+}
+
+/// Counts a reply into `t`; false when it is an error.
+fn expected(msg: &Message, t: &mut Tally) -> bool {
+    if matches!(msg, Message::ReplyFileLocation { .. } | Message::Ok) {
+        return true;
+    }
+    if t.errors == 0 {
+        eprintln!("first error: {msg:?}");
+    }
+    t.errors += 1;
+    false
+}
+
+fn as_us(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// Closed loop on load connection `i`: batches of `depth` requests, each
+/// reply timed from the batch's write. No per-request task or channel, so
+/// the generator spends little CPU per request.
+async fn closed_loop(
+    i: usize,
+    a: Arc<Args>,
+    contents: Arc<Vec<ContentId>>,
+    measure_from: Instant,
+    stop: Arc<AtomicBool>,
+) -> Result<Tally> {
+    use futures::StreamExt;
+    use p2pfs_proto::Frame;
+    let (mut reader, mut writer) = load_conn(i, &a).await?;
     let mut t = Tally::default();
     let mut n: u32 = 0;
     // Batches: `depth` requests in one write, then their `depth` replies
@@ -257,20 +335,8 @@ async fn load(
     // client such as `redis-benchmark -P`.
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..a.depth {
-            let f = rand::rng().random_range(0..a.files);
-            let msg = if n.is_multiple_of(2) {
-                Message::RequestFileLocation {
-                    name: name(f),
-                    publisher: None,
-                }
-            } else {
-                Message::RequestChunkRegister {
-                    content_id: contents[f],
-                    indexes: vec![0],
-                }
-            };
             n = n.wrapping_add(1);
-            writer.queue_control(n, &msg)?;
+            writer.queue_control(n, &request(n, &a, &contents))?;
         }
         let started = Instant::now();
         writer.flush().await?;
@@ -282,14 +348,73 @@ async fn load(
             if started < measure_from || stop.load(Ordering::Relaxed) {
                 continue;
             }
-            if matches!(msg, Message::ReplyFileLocation { .. } | Message::Ok) {
-                let us = started.elapsed().as_micros();
-                t.latencies_us.push(us.min(u128::from(u32::MAX)) as u32);
-            } else {
-                if t.errors == 0 {
-                    eprintln!("first error: {msg:?}");
+            if expected(&msg, &mut t) {
+                t.latencies_us.push(as_us(started.elapsed()));
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Open loop on load connection `i`: one request every `interval` from a
+/// random phase, until `end`, whatever the replies do. Replies to requests
+/// scheduled from `measure_from` on are timed from their schedule and from
+/// their write. Waits at most `DRAIN` after `end` for the last replies.
+async fn open_loop(
+    i: usize,
+    a: Arc<Args>,
+    contents: Arc<Vec<ContentId>>,
+    interval: Duration,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) -> Result<Tally> {
+    use futures::StreamExt;
+    use p2pfs_proto::Frame;
+    use std::collections::VecDeque;
+    const DRAIN: Duration = Duration::from_secs(5);
+    let (mut reader, mut writer) = load_conn(i, &a).await?;
+    let mut t = Tally::default();
+    let mut n: u32 = 0;
+    // (scheduled, written) per request out, oldest first.
+    let mut out: VecDeque<(Instant, Instant)> = VecDeque::new();
+    let mut next = start.max(Instant::now()) + interval.mul_f64(rand::rng().random::<f64>());
+    loop {
+        if next >= end && out.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            frame = reader.next() => {
+                let msg = match frame {
+                    Some(Ok(Frame::Control { msg, .. })) => msg,
+                    other => bail!("load peer {i}: connection ended: {other:?}"),
+                };
+                let now = Instant::now();
+                let Some((scheduled, written)) = out.pop_front() else {
+                    bail!("load peer {i}: a reply to no request");
+                };
+                if scheduled >= measure_from && expected(&msg, &mut t) {
+                    t.latencies_us.push(as_us(now - scheduled));
+                    t.service_us.push(as_us(now - written));
                 }
-                t.errors += 1;
+            }
+            () = tokio::time::sleep_until(next.into()), if next < end => {
+                let now = Instant::now();
+                let mut due = Vec::new();
+                while next <= now && next < end {
+                    n = n.wrapping_add(1);
+                    writer.queue_control(n, &request(n, &a, &contents))?;
+                    due.push(next);
+                    next += interval;
+                }
+                writer.flush().await?;
+                let written = Instant::now();
+                out.extend(due.into_iter().map(|s| (s, written)));
+            }
+            () = tokio::time::sleep_until((end + DRAIN).into()), if next >= end => {
+                t.unanswered = out.iter().filter(|(s, _)| *s >= measure_from).count() as u64;
+                break;
             }
         }
     }
@@ -302,6 +427,62 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     f64::from(sorted[i]) / 1000.0
+}
+
+/// Collects the tallies of finished load tasks.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Result<Tally>>>) -> Result<Tally> {
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = t.await??;
+        all.latencies_us.extend(t.latencies_us);
+        all.service_us.extend(t.service_us);
+        all.errors += t.errors;
+        all.unanswered += t.unanswered;
+    }
+    all.latencies_us.sort_unstable();
+    all.service_us.sort_unstable();
+    Ok(all)
+}
+
+/// One open-loop phase at `rate` requests/s over all load connections.
+async fn open_phase(
+    a: &Arc<Args>,
+    contents: &Arc<Vec<ContentId>>,
+    first_peer: usize,
+    rate: f64,
+) -> Result<serde_json::Value> {
+    let interval = Duration::from_secs_f64(a.conns as f64 / rate);
+    // Connections first (they take a while), then everyone starts together.
+    let start = Instant::now() + Duration::from_millis(500 + a.conns as u64 * 2);
+    let warmup = Duration::from_secs(1);
+    let measure_from = start + warmup;
+    let end = measure_from + Duration::from_secs_f64(a.rate_secs);
+    let tasks: Vec<_> = (0..a.conns)
+        .map(|k| {
+            tokio::spawn(open_loop(
+                first_peer + k,
+                a.clone(),
+                contents.clone(),
+                interval,
+                start,
+                measure_from,
+                end,
+            ))
+        })
+        .collect();
+    let t = gather(tasks).await?;
+    let measured = (end - measure_from).as_secs_f64();
+    Ok(serde_json::json!({
+        "rate": rate,
+        "answered_rps": t.latencies_us.len() as f64 / measured,
+        "p50_ms": percentile(&t.latencies_us, 0.50),
+        "p99_ms": percentile(&t.latencies_us, 0.99),
+        "max_ms": percentile(&t.latencies_us, 1.0),
+        "service_p50_ms": percentile(&t.service_us, 0.50),
+        "service_p99_ms": percentile(&t.service_us, 0.99),
+        "errors": t.errors,
+        "unanswered": t.unanswered,
+    }))
 }
 
 #[tokio::main]
@@ -321,29 +502,31 @@ async fn main() -> Result<()> {
     let warmup = Duration::from_secs(2);
     let measure_from = Instant::now() + warmup;
     let a = Arc::new(a);
+    let closed_stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..a.conns)
         .map(|k| {
-            tokio::spawn(load(
+            tokio::spawn(closed_loop(
                 a.peers + k,
                 a.clone(),
                 contents.clone(),
                 measure_from,
-                stop.clone(),
+                closed_stop.clone(),
             ))
         })
         .collect();
     tokio::time::sleep(warmup + Duration::from_secs_f64(a.secs)).await;
-    stop.store(true, Ordering::Relaxed);
+    closed_stop.store(true, Ordering::Relaxed);
     let measured = measure_from.elapsed().as_secs_f64();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let tally = t.await??;
-        all.extend(tally.latencies_us);
-        errors += tally.errors;
+    let closed = gather(tasks).await?;
+    let mut open = Vec::new();
+    for (k, &rate) in a.rates.iter().enumerate() {
+        let phase = open_phase(&a, &contents, a.peers + (k + 1) * a.conns, rate).await?;
+        eprintln!("open loop: {phase}");
+        open.push(phase);
     }
+    stop.store(true, Ordering::Relaxed);
     let heartbeats = beats.await?;
-    all.sort_unstable();
+    let all = closed.latencies_us;
     let requests = all.len();
     let out = serde_json::json!({
         "peers": a.peers,
@@ -358,8 +541,9 @@ async fn main() -> Result<()> {
         "p50_ms": percentile(&all, 0.50),
         "p99_ms": percentile(&all, 0.99),
         "max_ms": percentile(&all, 1.0),
-        "errors": errors,
+        "errors": closed.errors,
         "heartbeats": heartbeats,
+        "open": open,
     });
     println!("{out}");
     Ok(())
