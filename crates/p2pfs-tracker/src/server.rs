@@ -111,6 +111,7 @@ async fn session(
         let mut leave = false;
         let mut stray_chunk = false;
         let mut changed = false;
+        let mut failed = None;
         {
             let Ok(mut state) = shared.state.lock() else {
                 return Err(ProtoError::Unexpected("tracker state poisoned"));
@@ -123,12 +124,19 @@ async fn session(
                 leave |= matches!(msg, Message::Leave);
                 let (reply, c) = handle_request(&mut state, remote, conn_id, registered, msg);
                 changed |= c;
-                writer.queue_control(id, &reply)?;
+                if let Err(e) = writer.queue_control(id, &reply) {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
         batch.clear();
+        // Live views hear of a change even when its reply cannot be sent.
         if changed {
             shared.changed();
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if stray_chunk {
             writer.queue_control(
