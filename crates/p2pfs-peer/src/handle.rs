@@ -983,8 +983,14 @@ async fn connect_and_announce(
 }
 
 /// Heartbeats; on loss, reconnects with capped exponential backoff and jitter.
+/// A heartbeat is skipped when another request was answered within the last
+/// interval: the tracker counts every request as a sign of life, and a busy
+/// downloader talks to it several times a second anyway.
 async fn keep_alive(inner: Arc<PeerInner>, addr: SocketAddr, token: CancellationToken) {
-    let mut interval = tokio::time::interval(p2pfs_proto::limits::HEARTBEAT_INTERVAL);
+    use p2pfs_proto::limits::HEARTBEAT_INTERVAL;
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    // The reply to our own last heartbeat, which does not count.
+    let mut own_reply = None;
     loop {
         tokio::select! {
             () = token.cancelled() => return,
@@ -996,7 +1002,16 @@ async fn keep_alive(inner: Arc<PeerInner>, addr: SocketAddr, token: Cancellation
             reconnect(&inner, addr, &token).await;
             continue;
         };
-        if client.call(Message::Heartbeat).await.is_err() {
+        let last = client.last_reply();
+        if !client.is_closed()
+            && last != own_reply
+            && last.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL)
+        {
+            continue;
+        }
+        let beat = client.call(Message::Heartbeat).await;
+        own_reply = client.last_reply();
+        if beat.is_err() {
             warn!(tracker = %addr, "lost the tracker connection; reconnecting");
             inner.emit(PeerEvent::TrackerLost(addr));
             reconnect(&inner, addr, &token).await;

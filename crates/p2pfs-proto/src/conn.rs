@@ -302,6 +302,8 @@ pub struct RpcClient {
     tx: mpsc::Sender<(Message, Pending)>,
     closed: CancellationToken,
     remote: SocketAddr,
+    /// When the last reply arrived, if one has.
+    last_reply: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl RpcClient {
@@ -325,13 +327,27 @@ impl RpcClient {
         let (tx, rx) = mpsc::channel(64);
         let closed = CancellationToken::new();
         let guard = closed.clone().drop_guard();
+        let last_reply = std::sync::Arc::default();
+        let last = std::sync::Arc::clone(&last_reply);
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = rpc_task(stream, rx).await {
+            if let Err(e) = rpc_task(stream, rx, &last).await {
                 tracing::debug!(%remote, error = %e, "rpc connection ended");
             }
         });
-        Self { tx, closed, remote }
+        Self {
+            tx,
+            closed,
+            remote,
+            last_reply,
+        }
+    }
+
+    /// When the last reply arrived (`None` before the first). A reply shows
+    /// that both directions worked; a peer uses it to skip a heartbeat the
+    /// tracker does not need.
+    pub fn last_reply(&self) -> Option<std::time::Instant> {
+        *self.last_reply.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The remote address.
@@ -384,6 +400,7 @@ impl RpcClient {
 async fn rpc_task(
     stream: Stream,
     mut rx: mpsc::Receiver<(Message, Pending)>,
+    last_reply: &std::sync::Mutex<Option<std::time::Instant>>,
 ) -> Result<(), ProtoError> {
     // Control traffic only: a small read buffer that grows when needed.
     let (r, w) = stream.into_split();
@@ -420,6 +437,8 @@ async fn rpc_task(
             }
             frame = reader.next() => match frame {
                 Some(Ok(Frame::Control { id, msg })) => {
+                    *last_reply.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now());
                     if let Some(reply) = pending.remove(&id) {
                         let _ = reply.send(Ok(msg));
                     }
@@ -589,6 +608,35 @@ mod tests {
                 msg: Message::Ok
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn rpc_client_records_when_the_last_reply_arrived() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (_, stream) = accept(tcp, Role::Tracker, &Security::Insecure)
+                .await
+                .unwrap();
+            let (mut reader, mut writer) = split_server(stream);
+            while let Some(Ok(Frame::Control { id, .. })) = reader.next().await {
+                writer.send_control(id, &Message::Ok).await.unwrap();
+            }
+        });
+        let client = RpcClient::connect(addr, Role::Peer, Role::Tracker, &Security::Insecure)
+            .await
+            .unwrap();
+        assert_eq!(client.last_reply(), None, "no reply yet");
+        let before = std::time::Instant::now();
+        client.call(Message::Heartbeat).await.unwrap();
+        let first = client.last_reply().expect("a reply arrived");
+        assert!(first >= before);
+        client.call(Message::Heartbeat).await.unwrap();
+        assert!(client.last_reply().unwrap() >= first);
+        assert_ne!(client.last_reply(), Some(first), "the newer reply counts");
+        drop(client);
+        server.await.unwrap();
     }
 
     #[tokio::test]
