@@ -113,8 +113,9 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// Connects peer number `i` from its own loopback source address.
-async fn connect(i: usize, a: &Args) -> Result<RpcClient> {
+/// Connects peer number `i` from its own loopback source address and runs
+/// the handshake.
+async fn greeted(i: usize, a: &Args) -> Result<p2pfs_proto::secure::Stream> {
     let src = Ipv4Addr::new(127, 0, 0, 2 + (i / 2000) as u8);
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
@@ -122,10 +123,14 @@ async fn connect(i: usize, a: &Args) -> Result<RpcClient> {
         .connect(a.tracker)
         .await
         .with_context(|| format!("peer {i}: connect from {src}"))?;
-    let stream = connect_stream(stream, a.tracker, Role::Peer, Role::Tracker, &a.security)
+    connect_stream(stream, a.tracker, Role::Peer, Role::Tracker, &a.security)
         .await
-        .with_context(|| format!("peer {i}: handshake"))?;
-    Ok(RpcClient::start(stream, a.tracker))
+        .with_context(|| format!("peer {i}: handshake"))
+}
+
+/// Peer number `i` as a request/reply client.
+async fn connect(i: usize, a: &Args) -> Result<RpcClient> {
+    Ok(RpcClient::start(greeted(i, a).await?, a.tracker))
 }
 
 /// A one-chunk manifest unique to `file`.
@@ -252,12 +257,7 @@ async fn load_conn(i: usize, a: &Args) -> Result<(Reader, Writer)> {
     use futures::StreamExt;
     use p2pfs_proto::conn::FrameWriter;
     use p2pfs_proto::{Frame, FrameCodec};
-    let src = Ipv4Addr::new(127, 0, 0, 2 + (i / 2000) as u8);
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
-    let stream = socket.connect(a.tracker).await?;
-    let stream = connect_stream(stream, a.tracker, Role::Peer, Role::Tracker, &a.security).await?;
-    let (r, w) = stream.into_split();
+    let (r, w) = greeted(i, a).await?.into_split();
     let mut reader = tokio_util::codec::FramedRead::with_capacity(r, FrameCodec, 8192);
     let mut writer = FrameWriter::new(w);
     let listen = SocketAddr::new(
