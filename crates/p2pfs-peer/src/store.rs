@@ -191,10 +191,46 @@ impl Holding {
         Ok(buf)
     }
 
+    /// Reads chunk `index` only if every byte of it is in the page cache
+    /// and it is at most `max` bytes long, without ever waiting for the
+    /// disk (`preadv2` with `RWF_NOWAIT`). `None`: read it with
+    /// [`Holding::read_chunk`] on a thread that may block; errors are
+    /// reported there.
+    pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<Vec<u8>> {
+        let (offset, len) = self.manifest.chunk_range(index)?;
+        let len = len as usize;
+        if len > max {
+            return None;
+        }
+        cached_read(&self.file, offset, len)
+    }
+
     /// Current path.
     pub fn path(&self) -> PathBuf {
         self.path.lock().map(|p| p.clone()).unwrap_or_default()
     }
+}
+
+#[cfg(target_os = "linux")]
+fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut buf = vec![0u8; len];
+    // A short read means the rest is not cached: the caller reads it all
+    // again on a reader thread (the cached part costs little).
+    match preadv2(
+        file,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(n) if n == len => Some(buf),
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cached_read(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Vec<u8>> {
+    None
 }
 
 /// The map of holdings.
