@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -55,6 +56,9 @@ pub struct Holding {
     /// Bumped whenever a chunk becomes held (downloaders subscribed with
     /// `PeerRequestHave` are told).
     changes: tokio::sync::watch::Sender<u64>,
+    /// False once the file's filesystem refused a read that must not wait
+    /// (tmpfs does): no more zeroed buffers for reads bound to fail.
+    cached_reads: AtomicBool,
 }
 
 impl Holding {
@@ -76,6 +80,7 @@ impl Holding {
             stamp: Mutex::new(stamp),
             spread: Mutex::new(None),
             changes: tokio::sync::watch::Sender::new(0),
+            cached_reads: AtomicBool::new(true),
         }
     }
 
@@ -199,10 +204,16 @@ impl Holding {
     pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<Vec<u8>> {
         let (offset, len) = self.manifest.chunk_range(index)?;
         let len = len as usize;
-        if len > max {
+        if len > max || !self.cached_reads.load(Ordering::Relaxed) {
             return None;
         }
-        cached_read(&self.file, offset, len)
+        match cached_read(&self.file, offset, len) {
+            Ok(read) => read,
+            Err(()) => {
+                self.cached_reads.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Current path.
@@ -211,9 +222,11 @@ impl Holding {
     }
 }
 
+/// `Ok(None)`: not all of it is cached, or any other error (a blocking
+/// read reports it); `Err(())`: this file never allows such reads.
 #[cfg(target_os = "linux")]
-fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
-    use rustix::io::{preadv2, ReadWriteFlags};
+fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Result<Option<Vec<u8>>, ()> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
     let mut buf = vec![0u8; len];
     // A short read means the rest is not cached: the caller reads it all
     // again on a reader thread (the cached part costs little).
@@ -223,14 +236,15 @@ fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>>
         offset,
         ReadWriteFlags::NOWAIT,
     ) {
-        Ok(n) if n == len => Some(buf),
-        _ => None,
+        Ok(n) if n == len => Ok(Some(buf)),
+        Err(Errno::OPNOTSUPP | Errno::INVAL) => Err(()),
+        _ => Ok(None),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn cached_read(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Vec<u8>> {
-    None
+fn cached_read(_file: &std::fs::File, _offset: u64, _len: usize) -> Result<Option<Vec<u8>>, ()> {
+    Err(())
 }
 
 /// The map of holdings.
