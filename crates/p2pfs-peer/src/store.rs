@@ -53,6 +53,10 @@ pub struct Holding {
     pub stamp: Mutex<Option<Stamp>>,
     /// Initial-seeding ledger, made on the first request once complete.
     spread: Mutex<Option<Spread>>,
+    /// It served chunks before it was complete: a downloader in a swarm,
+    /// where each chunk already has other holders. Its initial-seeding
+    /// rules would only hold back chunks others are waiting for.
+    served_incomplete: AtomicBool,
     /// Bumped whenever a chunk becomes held (downloaders subscribed with
     /// `PeerRequestHave` are told).
     changes: tokio::sync::watch::Sender<u64>,
@@ -79,6 +83,7 @@ impl Holding {
             kind,
             stamp: Mutex::new(stamp),
             spread: Mutex::new(None),
+            served_incomplete: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
             cached_reads: AtomicBool::new(true),
         }
@@ -108,9 +113,17 @@ impl Holding {
     }
 
     /// Decides a request of `conn` for chunk `index` by the initial-seeding
-    /// rules ([`crate::spread`]); only a complete holding defers.
+    /// rules ([`crate::spread`]); only a holding that was complete before it
+    /// served anyone defers (a downloader of a swarm never does).
     pub fn decide(&self, conn: ConnId, index: u32, asked_again: bool) -> Decision {
-        if index >= self.manifest.chunk_count() || !self.is_complete() {
+        if index >= self.manifest.chunk_count() {
+            return Decision::Serve;
+        }
+        if !self.is_complete() {
+            self.served_incomplete.store(true, Ordering::Relaxed);
+            return Decision::Serve;
+        }
+        if self.served_incomplete.load(Ordering::Relaxed) {
             return Decision::Serve;
         }
         let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,5 +305,54 @@ impl Store {
             .read()
             .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: usize = p2pfs_proto::limits::MIN_CHUNK_SIZE as usize;
+
+    fn holding(dir: &std::path::Path, have: impl Fn(u32) -> bool) -> Holding {
+        let path = dir.join("f");
+        std::fs::write(&path, vec![7u8; 3 * CHUNK]).unwrap();
+        let manifest = crate::hashing::build_manifest(&path).unwrap();
+        let mut bits = Bitfield::new(manifest.chunk_count());
+        for i in (0..manifest.chunk_count()).filter(|&i| have(i)) {
+            bits.set(i);
+        }
+        Holding::new(
+            Arc::new(manifest),
+            File::open(&path).unwrap(),
+            path,
+            bits,
+            HoldingKind::Download { name: "f".into() },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_complete_holding_sends_each_chunk_once_before_any_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = holding(dir.path(), |_| true);
+        assert_eq!(h.decide(1, 0, false), Decision::Serve);
+        assert!(matches!(h.decide(2, 0, false), Decision::Defer(_)));
+    }
+
+    #[test]
+    fn a_downloader_that_served_while_incomplete_never_defers() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = holding(dir.path(), |i| i == 0);
+        assert_eq!(h.decide(1, 0, false), Decision::Serve);
+        for i in 1..3 {
+            h.mark_held(i);
+        }
+        assert!(h.is_complete());
+        // Other downloaders of the swarm hold copies too: no initial
+        // seeding rules.
+        assert_eq!(h.decide(1, 1, false), Decision::Serve);
+        assert_eq!(h.decide(2, 1, false), Decision::Serve);
+        assert_eq!(h.decide(3, 1, false), Decision::Serve);
     }
 }
