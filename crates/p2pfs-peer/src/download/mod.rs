@@ -2,8 +2,9 @@
 //! holding chunks, and a shared [`scheduler::Scheduler`].
 //!
 //! Life of a download: `Running` → `Done` | `Failed` | `Cancelled`.
-//! The main task refreshes holders from the tracker every second, starts a
-//! source task for each new holder, sends verified chunk indexes to the
+//! The main task refreshes holders from the tracker every second (every
+//! 200 ms while the download is young), starts a source task for each new
+//! holder, sends verified chunk indexes to the
 //! tracker in batches, publishes progress on a `watch` channel, and on
 //! completion checks the `.part` file and renames it into place.
 //!
@@ -47,6 +48,13 @@ pub const REGISTER_BATCH: usize = 1024;
 pub const MAX_SOURCES: usize = 32;
 /// How often holders are refreshed from the tracker.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, during a download's first [`EAGER_REFRESH_FOR`], holders are
+/// refreshed.
+pub const EAGER_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+/// A young download refreshes holders more often: when a crowd starts
+/// together, the first chunks reach other downloaders within a fraction of
+/// a second, and each of them can upload only once the others know.
+pub const EAGER_REFRESH_FOR: Duration = Duration::from_secs(5);
 
 /// Where a download is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,7 +363,12 @@ async fn run(
             }
             _ = tick.tick() => {
                 flush_register(&peer, &dl).await;
-                if last_refresh.elapsed() >= REFRESH_INTERVAL {
+                let every = if started.elapsed() < EAGER_REFRESH_FOR {
+                    EAGER_REFRESH_INTERVAL
+                } else {
+                    REFRESH_INTERVAL
+                };
+                if last_refresh.elapsed() >= every {
                     last_refresh = Instant::now();
                     // Without the tracker's view (it is away), keep waiting:
                     // sources cannot be judged gone.
