@@ -242,6 +242,9 @@ def http_json(base, method, path, body=None, timeout=30):
             return json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"{method} {base}{path}: {e.code} {e.read().decode()}") from None
+    except (urllib.error.URLError, OSError) as e:
+        # Which call failed, not only "Broken pipe".
+        raise RuntimeError(f"{method} {base}{path}: {getattr(e, 'reason', e)!r}") from None
 
 
 def publish(peer, path, name, timeout=600):

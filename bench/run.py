@@ -398,71 +398,84 @@ def many_runs(ctx, k, size, src, need, mnt):
         raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
                              "hwm_dl_max", "rss_sum")}
+    failed = []
     for i in range(ctx.runs):
-        t_up = time.monotonic()
-        root, tracker, (seed,), dls = swarm_up(ctx, src, ["f"], downloaders=k + 1, tag="many",
-                                               base=mnt)
-        startup = time.monotonic() - t_up
         try:
-            ctx.prepare_cache(src)
-            # Single stream, same seeder, same run: one extra downloader.
-            single, _ = H.timed_fetch(dls[0], "f", os.path.join(root, "single"))
-            H.remove(os.path.join(root, "single"))
-            H.sync()
-            # Wait until the tracker no longer lists that downloader as the
-            # only other source? It legitimately holds the file now; stop it
-            # so the 200 fetch from the seeder and each other only.
-            H.stop_all([dls[0]])
-            dls = dls[1:]
-            watchers = [H.EndWatcher(d.api) for d in dls]
-            barrier = threading.Barrier(len(dls) + 1)
-            ids = [None] * len(dls)
-            errs = []
-
-            def go(j):
-                barrier.wait()
-                try:
-                    ids[j] = H.start_fetch(dls[j], "f", os.path.join(root, f"out{j}"))["id"]
-                except Exception as e:  # noqa: BLE001
-                    errs.append(e)
-            ts = [threading.Thread(target=go, args=(j,)) for j in range(len(dls))]
-            for t in ts:
-                t.start()
-            t0 = time.monotonic()
-            barrier.wait()
-            for t in ts:
-                t.join()
-            if errs:
-                raise errs[0]
-            ends = []
-            for w, dl_id in zip(watchers, ids):
-                t, end = w.wait(dl_id, max(1, ctx.args.many_timeout - (time.monotonic() - t0)))
-                if end["state"] != "done":
-                    raise RuntimeError(f"many: a download ended {end['state']}: {end['error']}")
-                ends.append(t - t0)
-            mems = [d.mem() for d in dls]
-            seed_mem = seed.mem()
-            for w in watchers:
-                w.close()
-            total = max(ends)
-            rec["total"].append(total)
-            rec["single"].append(single)
-            rec["ratio"].append(total / (len(dls) * single))
-            rec["median_dl"].append(statistics.median(ends))
-            rec["startup"].append(startup)
-            rec["hwm_seed"].append(seed_mem["VmHWM"])
-            rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
-            rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
-            H.log(f"many run {i + 1}: {len(dls)} downloaders total {total:.2f}s, single "
-                  f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}")
-        finally:
-            H.stop_all([seed, tracker] + dls)
-            shutil.rmtree(root, ignore_errors=True)
-            H.sync()
+            many_once(ctx, i, k, size, src, mnt, rec)
+        except Exception as e:  # noqa: BLE001 - 200 processes on 2 cores: report, go on
+            H.log(f"many run {i + 1} FAILED: {e!r}")
+            failed.append(f"run {i + 1}: {e!r}")
+    if not rec["total"]:
+        raise RuntimeError(f"every repetition failed: {failed}")
     res = {k_: H.summary(v) for k_, v in rec.items()}
     res["size"] = size
     res["downloaders"] = k
+    res["failed"] = failed
     return res
+
+
+def many_once(ctx, i, k, size, src, mnt, rec):
+    """Repetition `i` of benchmark 7; appends its figures to `rec`."""
+    t_up = time.monotonic()
+    root, tracker, (seed,), dls = swarm_up(ctx, src, ["f"], downloaders=k + 1, tag="many",
+                                           base=mnt)
+    startup = time.monotonic() - t_up
+    try:
+        ctx.prepare_cache(src)
+        # Single stream, same seeder, same run: one extra downloader.
+        single, _ = H.timed_fetch(dls[0], "f", os.path.join(root, "single"))
+        H.remove(os.path.join(root, "single"))
+        H.sync()
+        # Wait until the tracker no longer lists that downloader as the
+        # only other source? It legitimately holds the file now; stop it
+        # so the 200 fetch from the seeder and each other only.
+        H.stop_all([dls[0]])
+        dls = dls[1:]
+        watchers = [H.EndWatcher(d.api) for d in dls]
+        barrier = threading.Barrier(len(dls) + 1)
+        ids = [None] * len(dls)
+        errs = []
+
+        def go(j):
+            barrier.wait()
+            try:
+                ids[j] = H.start_fetch(dls[j], "f", os.path.join(root, f"out{j}"))["id"]
+            except Exception as e:  # noqa: BLE001
+                errs.append(e)
+        ts = [threading.Thread(target=go, args=(j,)) for j in range(len(dls))]
+        for t in ts:
+            t.start()
+        t0 = time.monotonic()
+        barrier.wait()
+        for t in ts:
+            t.join()
+        if errs:
+            raise errs[0]
+        ends = []
+        for w, dl_id in zip(watchers, ids):
+            t, end = w.wait(dl_id, max(1, ctx.args.many_timeout - (time.monotonic() - t0)))
+            if end["state"] != "done":
+                raise RuntimeError(f"many: a download ended {end['state']}: {end['error']}")
+            ends.append(t - t0)
+        mems = [d.mem() for d in dls]
+        seed_mem = seed.mem()
+        for w in watchers:
+            w.close()
+        total = max(ends)
+        rec["total"].append(total)
+        rec["single"].append(single)
+        rec["ratio"].append(total / (len(dls) * single))
+        rec["median_dl"].append(statistics.median(ends))
+        rec["startup"].append(startup)
+        rec["hwm_seed"].append(seed_mem["VmHWM"])
+        rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
+        rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
+        H.log(f"many run {i + 1}: {len(dls)} downloaders total {total:.2f}s, single "
+              f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}")
+    finally:
+        H.stop_all([seed, tracker] + dls)
+        shutil.rmtree(root, ignore_errors=True)
+        H.sync()
 
 
 def bench_swarm(ctx):
@@ -680,6 +693,9 @@ def table(results):
         row(b, "seeder peak RSS, MiB", fs(mb))
         mb = H.summary([v / H.MiB for v in r["hwm_dl_max"]["values"]])
         row(b, "largest downloader peak RSS, MiB", fs(mb))
+        if r.get("failed"):
+            row(b, "repetitions that failed (left out of the figures)",
+                "; ".join(r["failed"]))
     r = results.get("swarm")
     if r and "skipped" not in r:
         for n in [k for k in r if k.isdigit()]:
@@ -778,6 +794,9 @@ def main():
                     help="results folder (default bench/results, quick: a temp folder)")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--merge", metavar="RESULTS_JSON", default=None,
+                    help="take the benchmarks not selected by --only from this earlier "
+                         "results.json (its run is named in BENCHMARKS.md)")
     args = ap.parse_args()
     args.runs = args.runs or (1 if args.quick else 5)
     args.swarm_n = [int(x) for x in args.swarm_n.split(",")]
@@ -814,6 +833,14 @@ def main():
             results[b + "_error"] = repr(e)
         H.log(f"== {b} took {time.monotonic() - t0:.0f} s")
         H.CLEANUP.kill_procs()
+    merged = []
+    if args.merge:
+        with open(args.merge) as f:
+            prior = json.load(f)
+        for b in BENCHES:
+            if b not in selected and b in prior:
+                results[b] = prior[b]
+                merged.append(b)
     md = table(results)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -825,8 +852,12 @@ def main():
     if not args.quick and not args.no_doc and not failed:
         block = (f"Run of {info['date']} (`python3 bench/run.py "
                  f"{' '.join(sys.argv[1:])}`) on commit {info['commit']} "
-                 f"(work tree {info['worktree']}).\n\n"
-                 + md)
+                 f"(work tree {info['worktree']})")
+        if merged:
+            pm = prior["machine"]
+            block += (f"; {', '.join(merged)} from the run of {pm['date']} on commit "
+                      f"{pm['commit']} (work tree {pm['worktree']})")
+        block += ".\n\n" + md
         if update_doc(os.path.join(H.REPO, "BENCHMARKS.md"), block):
             H.log("BENCHMARKS.md results section updated")
     H.log(f"results in {results_dir}")
