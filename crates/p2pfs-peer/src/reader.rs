@@ -101,7 +101,9 @@ impl ChunkReader {
     }
 
     /// Reads chunk `index` of `holding` and checks it: the file's size and
-    /// modification time first, the chunk's hash after reading.
+    /// modification time, and the chunk's hash after reading. A small chunk
+    /// wholly in the page cache is read and checked right here; any other
+    /// goes to the reader threads.
     ///
     /// # Errors
     /// [`ReadFailure`].
