@@ -336,6 +336,32 @@ def start_fetch(peer, name, dest):
     return http_json(peer.api, "POST", "/api/fetch", {"name": name, "dest": dest})
 
 
+def start_fetches_together(peers, name, dests):
+    """POST /api/fetch on every peer at the same moment (one thread each,
+    released by a barrier). Returns (download ids, monotonic start time);
+    raises the first error."""
+    barrier = threading.Barrier(len(peers) + 1)
+    ids = [None] * len(peers)
+    errs = []
+
+    def go(j):
+        barrier.wait()
+        try:
+            ids[j] = start_fetch(peers[j], name, dests[j])["id"]
+        except Exception as e:  # noqa: BLE001 - raised below
+            errs.append(e)
+    ts = [threading.Thread(target=go, args=(j,)) for j in range(len(peers))]
+    for t in ts:
+        t.start()
+    t0 = time.monotonic()
+    barrier.wait()
+    for t in ts:
+        t.join()
+    if errs:
+        raise errs[0]
+    return ids, t0
+
+
 def timed_fetch(peer, name, dest, timeout=3600):
     """POST /api/fetch, then wait for its `ended` event. Returns
     (wall seconds from issuing the fetch to the `ended` event, download)."""

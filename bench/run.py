@@ -432,25 +432,8 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         H.stop_all([dls[0]])
         dls = dls[1:]
         watchers = [H.EndWatcher(d.api) for d in dls]
-        barrier = threading.Barrier(len(dls) + 1)
-        ids = [None] * len(dls)
-        errs = []
-
-        def go(j):
-            barrier.wait()
-            try:
-                ids[j] = H.start_fetch(dls[j], "f", os.path.join(root, f"out{j}"))["id"]
-            except Exception as e:  # noqa: BLE001
-                errs.append(e)
-        ts = [threading.Thread(target=go, args=(j,)) for j in range(len(dls))]
-        for t in ts:
-            t.start()
-        t0 = time.monotonic()
-        barrier.wait()
-        for t in ts:
-            t.join()
-        if errs:
-            raise errs[0]
+        ids, t0 = H.start_fetches_together(
+            dls, "f", [os.path.join(root, f"out{j}") for j in range(len(dls))])
         ends = []
         for w, dl_id in zip(watchers, ids):
             t, end = w.wait(dl_id, max(1, ctx.args.many_timeout - (time.monotonic() - t0)))

@@ -15,7 +15,6 @@ ones from an earlier interrupted run are removed first.
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import harness as H
@@ -134,25 +133,8 @@ def run_once(ctx, net, src, size, n):
         H.wait_listed(tracker, "f")
         ctx.prepare_cache(src)
         watchers = [H.EndWatcher(p.api) for p in leechers]
-        barrier = threading.Barrier(n + 1)
-        ids = [None] * n
-        errs = []
-
-        def go(j):
-            barrier.wait()
-            try:
-                ids[j] = H.start_fetch(leechers[j], "f", os.path.join(root, f"out{j}"))["id"]
-            except Exception as e:  # noqa: BLE001
-                errs.append(e)
-        ts = [threading.Thread(target=go, args=(j,)) for j in range(n)]
-        for t in ts:
-            t.start()
-        t0 = time.monotonic()
-        barrier.wait()
-        for t in ts:
-            t.join()
-        if errs:
-            raise errs[0]
+        ids, t0 = H.start_fetches_together(
+            leechers, "f", [os.path.join(root, f"out{j}") for j in range(n)])
         times = []
         for w, dl_id in zip(watchers, ids):
             t, end = w.wait(dl_id, 1800)
