@@ -203,7 +203,7 @@ pub fn split_server(
 pub fn split(stream: Stream) -> (FramedRead<ReadHalf, FrameCodec>, FrameWriter<WriteHalf>) {
     let (r, w) = stream.into_split();
     (
-        FramedRead::with_capacity(r, FrameCodec, 256 * 1024),
+        FramedRead::with_capacity(r, FrameCodec, 8 * 1024),
         FrameWriter::new(w),
     )
 }

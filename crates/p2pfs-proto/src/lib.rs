@@ -18,6 +18,7 @@ pub mod conn;
 mod error;
 pub mod limits;
 pub mod message;
+mod pool;
 pub mod secure;
 pub mod types;
 

@@ -29,6 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::limits::{MAGIC, PROTOCOL_VERSION};
+use crate::pool::Pool;
 use crate::ProtoError;
 
 /// Length of the network secret, in bytes.
@@ -48,6 +49,19 @@ const WRITE_BACKLOG: usize = 256 * 1024;
 /// Smallest and largest read a reader asks the socket for, in bytes.
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
+/// A connection's buffers larger than this come from the process-wide
+/// pools below while bulk data flows, and go back as soon as they are
+/// empty (see [`crate::pool`]); smaller ones stay with the connection.
+const POOLED_MIN: usize = 32 * 1024;
+/// Size of a pooled read buffer: the largest read plus one partial record.
+const READ_BUF: usize = MAX_READ + 2 + MAX_RECORD_LEN;
+/// Size of a pooled write buffer: the backlog plus one record.
+const WRITE_BUF: usize = WRITE_BACKLOG + 2 + MAX_RECORD_LEN;
+/// Idle buffers each pool keeps (about 5 MiB for the largest).
+const POOL_KEEP: usize = 16;
+static READ_POOL: Pool<BytesMut> = Pool::new(POOL_KEEP);
+static RECORD_POOL: Pool<Vec<u8>> = Pool::new(POOL_KEEP);
+static WRITE_POOL: Pool<Vec<u8>> = Pool::new(POOL_KEEP);
 /// Bound into the handshake hash: a peer speaking another protocol version
 /// or application cannot complete it even with the right key.
 const PROLOGUE: &[u8] = b"p2pfs wire protocol v3";
@@ -439,6 +453,7 @@ impl Stream {
                     read_hint: MIN_READ,
                     plain: Vec::new(),
                     plain_pos: 0,
+                    plain_end: 0,
                 }),
             },
             write: WriteHalf {
@@ -508,10 +523,19 @@ struct Opener {
     /// offered (bulk transfer), shrinks when they do not (control traffic),
     /// so an idle connection keeps a small buffer.
     read_hint: usize,
-    /// An opened record too large for the caller's buffer, and how much of
-    /// it has been handed out.
+    /// An opened record too large for the caller's buffer is
+    /// `plain[..plain_end]`, of which `plain[..plain_pos]` was handed out.
+    /// `plain` is pooled: empty unless it holds such a record.
     plain: Vec<u8>,
     plain_pos: usize,
+    plain_end: usize,
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.release_idle();
+        self.release_plain();
+    }
 }
 
 fn bad_record(what: &str) -> io::Error {
@@ -519,6 +543,34 @@ fn bad_record(what: &str) -> io::Error {
 }
 
 impl Opener {
+    /// Gives a large read buffer that holds nothing back to the pool.
+    fn release_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > POOLED_MIN {
+            READ_POOL.give_bytes(std::mem::take(&mut self.buf));
+        }
+    }
+
+    /// Gives the record buffer back once everything in it was handed out.
+    fn release_plain(&mut self) {
+        if self.plain_pos == self.plain_end && !self.plain.is_empty() {
+            RECORD_POOL.give_vec(std::mem::take(&mut self.plain));
+            self.plain_pos = 0;
+            self.plain_end = 0;
+        }
+    }
+
+    /// Makes room for at least `want` more sealed bytes in `buf`.
+    fn reserve(&mut self, want: usize) {
+        if self.buf.capacity() - self.buf.len() >= want {
+            return;
+        }
+        if self.buf.is_empty() && want > POOLED_MIN {
+            self.buf = READ_POOL.take_bytes(READ_BUF.max(want));
+        } else {
+            self.buf.reserve(want);
+        }
+    }
+
     /// Bytes still missing to complete the record at the front of `buf`.
     fn missing(&self) -> usize {
         if self.buf.len() < 2 {
@@ -566,10 +618,11 @@ impl AsyncRead for ReadHalf {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if o.plain_pos < o.plain.len() {
-                let n = buf.remaining().min(o.plain.len() - o.plain_pos);
+            if o.plain_pos < o.plain_end {
+                let n = buf.remaining().min(o.plain_end - o.plain_pos);
                 buf.put_slice(&o.plain[o.plain_pos..o.plain_pos + n]);
                 o.plain_pos += n;
+                o.release_plain();
                 return Poll::Ready(Ok(()));
             }
             let mut produced = false;
@@ -584,31 +637,39 @@ impl AsyncRead for ReadHalf {
                 } else if produced {
                     break;
                 } else {
-                    let mut tmp = std::mem::take(&mut o.plain);
-                    tmp.resize(plain, 0);
-                    let n = o.open(len, &mut tmp)?;
-                    tmp.truncate(n);
-                    o.plain = tmp;
-                    o.plain_pos = 0;
+                    let mut tmp = RECORD_POOL.take_vec(MAX_RECORD_PLAIN);
+                    match o.open(len, &mut tmp[..plain]) {
+                        Ok(n) => {
+                            o.plain = tmp;
+                            o.plain_pos = 0;
+                            o.plain_end = n;
+                            o.release_plain();
+                        }
+                        Err(e) => {
+                            RECORD_POOL.give_vec(tmp);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
                     break;
                 }
             }
             if produced {
                 return Poll::Ready(Ok(()));
             }
-            if o.plain_pos < o.plain.len() {
+            if o.plain_pos < o.plain_end {
                 continue;
             }
             let want = o.missing().max(o.read_hint);
-            if o.buf.capacity() - o.buf.len() < want {
-                o.buf.reserve(want);
-            }
+            o.reserve(want);
             let offered = o.buf.capacity() - o.buf.len();
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut o.buf
-            ))?;
+            let Poll::Ready(read) =
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut o.buf)
+            else {
+                // Nothing to read now: an empty buffer goes back to the pool.
+                o.release_idle();
+                return Poll::Pending;
+            };
+            let n = read?;
             if n == offered {
                 o.read_hint = (o.read_hint * 2).min(MAX_READ);
             } else if n < o.read_hint / 4 {
@@ -636,13 +697,31 @@ struct Sealer {
     state: Arc<StatelessTransportState>,
     nonce: u64,
     /// Sealed records not yet written to the socket are `out[start..end]`.
-    /// The buffer is zeroed once and reused, so sealing never clears memory.
+    /// Small, it grows with the connection's traffic; past [`POOLED_MIN`]
+    /// it is a pooled buffer of [`WRITE_BUF`] bytes (zeroed once when new,
+    /// so sealing never clears memory), given back once drained.
     out: Vec<u8>,
     start: usize,
     end: usize,
 }
 
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.start = self.end;
+        self.release_idle();
+    }
+}
+
 impl Sealer {
+    /// Gives a pooled buffer back once everything in it was written.
+    fn release_idle(&mut self) {
+        if self.start == self.end && self.out.len() == WRITE_BUF {
+            WRITE_POOL.give_vec(std::mem::take(&mut self.out));
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Sealed bytes waiting for the socket.
     fn pending(&self) -> usize {
         self.end - self.start
@@ -660,12 +739,18 @@ impl Sealer {
                 self.end -= self.start;
                 self.start = 0;
             }
-            // Grow by doubling, so control traffic keeps a small buffer
-            // and bulk traffic zeroes memory only while it grows.
+            // Grow by doubling, so control traffic keeps a small buffer;
+            // bulk traffic takes a pooled one.
             let need = self.end + 2 + len;
             if need > self.out.len() {
-                let grown = (self.out.len() * 2).min(WRITE_BACKLOG + 2 + MAX_RECORD_LEN);
-                self.out.resize(need.max(grown), 0);
+                let grown = (self.out.len() * 2).max(need);
+                if grown > POOLED_MIN {
+                    let mut big = WRITE_POOL.take_vec(WRITE_BUF);
+                    big[..self.end].copy_from_slice(&self.out[..self.end]);
+                    self.out = big;
+                } else {
+                    self.out.resize(grown, 0);
+                }
             }
         }
         let at = self.end;
@@ -746,6 +831,7 @@ impl AsyncWrite for WriteHalf {
         let this = self.get_mut();
         if let Some(s) = &mut this.noise {
             ready!(s.poll_drain(&mut this.inner, cx))?;
+            s.release_idle();
         }
         Pin::new(&mut this.inner).poll_flush(cx)
     }

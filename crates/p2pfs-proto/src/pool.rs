@@ -1,0 +1,131 @@
+//! Large transfer buffers shared by every connection of a process.
+//!
+//! A connection needs a large buffer only while bulk data flows through it.
+//! Kept per connection, those buffers grow a peer's memory with its
+//! connection count: with about 100 connections, a peer in a crowd of
+//! downloaders touched about 50 MiB, most of it idle, and the first touch
+//! of each page (a fault and a page clear) cost about a sixth of the
+//! crowd's CPU time. So a connection takes a buffer from a pool when bulk
+//! data starts and gives it back as soon as it holds nothing; the next
+//! connection to need one gets memory that is already mapped, and most
+//! likely still in the CPU cache.
+
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+
+/// A pool of buffers of one size. At most `keep` idle buffers are kept;
+/// more are freed.
+pub(crate) struct Pool<T> {
+    idle: Mutex<Vec<T>>,
+    keep: usize,
+}
+
+impl<T> Pool<T> {
+    pub(crate) const fn new(keep: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    fn pop(&self) -> Option<T> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn push(&self, buf: T) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.keep {
+            idle.push(buf);
+        }
+    }
+
+    /// Idle buffers held now.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Pool<Vec<u8>> {
+    /// A buffer of exactly `len` initialised bytes (zeroed only when it is
+    /// new; otherwise it holds old data to be overwritten).
+    pub(crate) fn take_vec(&self, len: usize) -> Vec<u8> {
+        match self.pop() {
+            Some(v) if v.len() == len => v,
+            _ => vec![0; len],
+        }
+    }
+
+    /// Returns a buffer taken with [`take_vec`](Self::take_vec).
+    pub(crate) fn give_vec(&self, v: Vec<u8>) {
+        self.push(v);
+    }
+}
+
+impl Pool<BytesMut> {
+    /// An empty buffer with room for at least `cap` bytes.
+    pub(crate) fn take_bytes(&self, cap: usize) -> BytesMut {
+        match self.pop() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(cap);
+                b
+            }
+            None => BytesMut::with_capacity(cap),
+        }
+    }
+
+    /// Returns an empty buffer taken with [`take_bytes`](Self::take_bytes).
+    /// Its storage must not be shared (never `split` it): a later
+    /// [`take_bytes`](Self::take_bytes) reclaims all of it.
+    pub(crate) fn give_bytes(&self, b: BytesMut) {
+        if b.is_empty() {
+            self.push(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn vec_buffers_are_reused_up_to_the_limit() {
+        let pool: Pool<Vec<u8>> = Pool::new(2);
+        let a = pool.take_vec(1000);
+        assert_eq!(a.len(), 1000);
+        let ptr = a.as_ptr();
+        pool.give_vec(a);
+        let b = pool.take_vec(1000);
+        assert_eq!(b.as_ptr(), ptr, "the idle buffer is handed out again");
+        let c = pool.take_vec(1000);
+        let d = pool.take_vec(1000);
+        pool.give_vec(b);
+        pool.give_vec(c);
+        pool.give_vec(d);
+        assert_eq!(pool.idle(), 2, "no more than `keep` idle buffers");
+        // A buffer of another size is not handed out for this one.
+        let pool: Pool<Vec<u8>> = Pool::new(2);
+        pool.give_vec(vec![1; 10]);
+        assert_eq!(pool.take_vec(20), vec![0; 20]);
+    }
+
+    #[test]
+    fn bytes_buffers_come_back_empty_with_room() {
+        let pool: Pool<BytesMut> = Pool::new(4);
+        let mut a = pool.take_bytes(4096);
+        let ptr = a.as_ptr();
+        a.extend_from_slice(b"hello");
+        // Not empty: not kept.
+        pool.give_bytes(a.clone());
+        assert_eq!(pool.idle(), 0);
+        a.advance(5);
+        pool.give_bytes(a);
+        assert_eq!(pool.idle(), 1);
+        let b = pool.take_bytes(4096);
+        assert!(b.is_empty() && b.capacity() >= 4096);
+        assert_eq!(b.as_ptr(), ptr, "the whole storage is reclaimed");
+    }
+}
