@@ -38,6 +38,10 @@ pub struct PeerConfig {
     /// How every connection, to the tracker and to other peers, is secured:
     /// the network's secret, or `Insecure`.
     pub security: Security,
+    /// Most chunk bytes read ahead of their turn to be sent, in KiB
+    /// (usually [`crate::server::SERVE_MEMORY_KIB`]; 0 reads each chunk
+    /// only when its turn comes).
+    pub read_ahead_kib: u32,
 }
 
 /// A file this peer published.
@@ -78,12 +82,24 @@ pub enum PeerEvent {
 pub struct Stats {
     uploaded: AtomicU64,
     chunks_served: AtomicU64,
+    read_at_turn: AtomicU64,
 }
 
 impl Stats {
     pub(crate) fn record_upload(&self, bytes: usize) {
         self.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
         self.chunks_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_read_at_turn(&self) {
+        self.read_at_turn.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Chunks served that were read only when their turn to be sent came,
+    /// because the read-ahead budget ([`crate::server::SERVE_MEMORY_KIB`])
+    /// was in use.
+    pub fn chunks_read_at_turn(&self) -> u64 {
+        self.read_at_turn.load(Ordering::Relaxed)
     }
 
     /// Bytes uploaded and chunks served since start.
@@ -111,8 +127,8 @@ pub(crate) struct PeerInner {
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Stats,
-    /// Chunk bytes read for serving and not yet sent, across all
-    /// connections, in KiB ([`crate::server::SERVE_MEMORY_KIB`]).
+    /// Chunk bytes that may be read ahead of their turn to be sent, across
+    /// all connections, in KiB ([`PeerConfig::read_ahead_kib`]).
     pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
     /// Upload slots ([`crate::server::UPLOAD_SLOTS`]).
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
@@ -280,9 +296,7 @@ impl PeerHandle {
             store: Store::default(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
-            serve_memory: Arc::new(tokio::sync::Semaphore::new(
-                crate::server::SERVE_MEMORY_KIB as usize,
-            )),
+            serve_memory: Arc::new(tokio::sync::Semaphore::new(config.read_ahead_kib as usize)),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::server::UPLOAD_SLOTS)),
             reader: crate::reader::ChunkReader::start(crate::reader::reader_threads()),
             delay_ms: AtomicU64::new(0),

@@ -52,26 +52,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, inner: Arc<PeerInner>) {
     .await;
 }
 
-/// Requests of one connection read from disk ahead of the reply being sent
+/// Requests of one connection taken ahead of the reply being sent
 /// (replies still go out in request order).
 pub const READ_AHEAD: usize = 4;
 
-/// Most chunk bytes read from disk and waiting to be sent, across every
-/// connection, in KiB: a crowd of downloaders (each connection reads
-/// [`READ_AHEAD`] chunks ahead) queues for it instead of growing memory.
-pub const SERVE_MEMORY_KIB: u32 = 32 * 1024;
+/// Most chunk bytes read from disk ahead of their turn to be sent, across
+/// every connection, in KiB. A request reads ahead only if its share is at
+/// hand; otherwise its chunk is read when its turn comes, once it has an
+/// upload slot. So a crowd of downloaders never waits for this budget, and
+/// the chunks a peer holds in memory are bounded by this budget, the
+/// upload slots and the sends that outlived [`SLOT_HOLD`].
+pub const SERVE_MEMORY_KIB: u32 = 8 * 1024;
 
-/// How long a request waits for its share of [`SERVE_MEMORY_KIB`] before
-/// it is read anyway (the budget is soft, so that connections that stopped
-/// reading cannot freeze serving for everyone).
-pub const SERVE_MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A chunk read for sending, with its share of [`SERVE_MEMORY_KIB`].
+/// A chunk to send: read ahead with its share of [`SERVE_MEMORY_KIB`], or
+/// not read yet (`data` is `None`).
 struct ReadChunk {
     content_id: p2pfs_proto::ContentId,
     holding: Arc<Holding>,
     index: u32,
-    data: Vec<u8>,
+    data: Option<Vec<u8>>,
     _memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -197,9 +196,24 @@ async fn serve_requests(
             }
             Some(permit) = futures::future::OptionFuture::from(waiting.as_mut().map(|w| &mut w.2)), if waiting.is_some() => {
                 if let Some((id, c, _)) = waiting.take() {
+                    let data = match c.data {
+                        Some(data) => data,
+                        None => match read_held(inner, &c.holding, &c.content_id, c.index).await {
+                            Ok(data) => {
+                                inner.stats.record_read_at_turn();
+                                data
+                            }
+                            Err(reply) => {
+                                drop(permit);
+                                c.holding.unhand(conn, c.index);
+                                writer.send_control(id, &reply).await?;
+                                continue;
+                            }
+                        },
+                    };
                     // The slot is held while the chunk goes out, for at most
                     // SLOT_HOLD (the semaphore is never closed).
-                    let send = writer.send_chunk(id, &c.content_id, c.index, &c.data);
+                    let send = writer.send_chunk(id, &c.content_id, c.index, &data);
                     tokio::pin!(send);
                     tokio::select! {
                         sent = &mut send => sent?,
@@ -209,7 +223,7 @@ async fn serve_requests(
                         }
                     }
                     c.holding.written(conn, c.index);
-                    inner.stats.record_upload(c.data.len());
+                    inner.stats.record_upload(data.len());
                 }
             }
             Some(reply) = queue.next(), if waiting.is_none() && !queue.is_empty() => match reply {
@@ -278,23 +292,9 @@ async fn serve_requests(
                                 if !delay.is_zero() {
                                     tokio::time::sleep(delay).await;
                                 }
-                                let kib = holding
-                                    .as_ref()
-                                    .and_then(|h| h.manifest.chunk_range(index))
-                                    .map_or(0, |(_, len)| len.div_ceil(1024))
-                                    .min(SERVE_MEMORY_KIB);
-                                // A soft budget: connections that stopped reading
-                                // must not freeze serving for everyone.
-                                let memory = tokio::time::timeout(
-                                    SERVE_MEMORY_WAIT,
-                                    inner.serve_memory.clone().acquire_many_owned(kib),
-                                )
-                                .await
-                                .ok()
-                                .and_then(Result::ok);
                                 let taken = holding.clone();
-                                match read_chunk(inner, holding, &content_id, index).await {
-                                    Ok((holding, data)) => Reply::Chunk(id, ReadChunk { content_id, holding, index, data, _memory: memory }),
+                                match read_ahead(inner, holding, &content_id, index).await {
+                                    Ok((holding, data, memory)) => Reply::Chunk(id, ReadChunk { content_id, holding, index, data, _memory: memory }),
                                     Err(reply) => {
                                         if let Some(h) = taken {
                                             h.unhand(conn, index);
@@ -318,27 +318,51 @@ async fn serve_requests(
     }
 }
 
-async fn read_chunk(
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
+/// Checks a chunk request, and reads the chunk now if its share of the
+/// read-ahead budget ([`SERVE_MEMORY_KIB`] by default) is at hand; `None`
+/// data: read it when its turn comes, with [`read_held`].
+async fn read_ahead(
     inner: &PeerInner,
     holding: Option<Arc<Holding>>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
-) -> Result<(Arc<Holding>, Vec<u8>), Message> {
+) -> Result<(Arc<Holding>, Option<Vec<u8>>, Option<Permit>), Message> {
     let Some(holding) = holding else {
         return Err(not_held(content_id));
     };
-    if index >= holding.manifest.chunk_count() {
+    let Some((_, len)) = holding.manifest.chunk_range(index) else {
         return Err(Message::error(
             ErrorCode::OutOfRange,
             format!("chunk {index} is out of range"),
         ));
-    }
+    };
     if !holding.has(index) {
         return Err(Message::error(
             ErrorCode::NotHeld,
             format!("chunk {index} is not held here yet"),
         ));
     }
+    let Ok(memory) = inner
+        .serve_memory
+        .clone()
+        .try_acquire_many_owned(len.div_ceil(1024))
+    else {
+        return Ok((holding, None, None));
+    };
+    let data = read_held(inner, &holding, content_id, index).await?;
+    Ok((holding, Some(data), Some(memory)))
+}
+
+/// Reads and checks chunk `index` of a holding that has it; a changed file
+/// is withdrawn.
+async fn read_held(
+    inner: &PeerInner,
+    holding: &Arc<Holding>,
+    content_id: &p2pfs_proto::ContentId,
+    index: u32,
+) -> Result<Vec<u8>, Message> {
     let gone = || {
         Message::error(
             ErrorCode::NotFound,
@@ -346,7 +370,7 @@ async fn read_chunk(
         )
     };
     match inner.reader.read(holding.clone(), index).await {
-        Ok(data) => Ok((holding, data)),
+        Ok(data) => Ok(data),
         Err(ReadFailure::Changed(why)) => {
             inner.withdraw(*content_id, why).await;
             Err(gone())

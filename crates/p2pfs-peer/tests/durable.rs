@@ -35,6 +35,7 @@ async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
         listen: localhost(),
         allowed_dests: Vec::new(),
         security: net(),
+        read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
     })
     .await
     .expect("peer starts");
@@ -322,6 +323,7 @@ async fn destinations_outside_the_allowed_places_are_refused_untouched() {
             listen: localhost(),
             allowed_dests: vec![inbox.clone()],
             security: net(),
+            read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
         })
         .await
         .unwrap();

@@ -42,6 +42,7 @@ async fn one_seeder_serves_200_concurrent_downloaders() {
                 listen: localhost(),
                 allowed_dests: Vec::new(),
                 security: net(),
+                read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
             })
             .await
             .expect("peer starts");

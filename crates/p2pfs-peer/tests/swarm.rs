@@ -136,12 +136,20 @@ impl Swarm {
 
     /// A started peer that is not connected to the tracker.
     async fn offline_peer(&mut self) -> PeerHandle {
+        self.offline_peer_with(p2pfs_peer::server::SERVE_MEMORY_KIB)
+            .await
+    }
+
+    /// A started peer that is not connected to the tracker, with a
+    /// read-ahead budget of `read_ahead_kib`.
+    async fn offline_peer_with(&mut self, read_ahead_kib: u32) -> PeerHandle {
         let repo = self.tempdir().join("repo");
         PeerHandle::start(PeerConfig {
             repo,
             listen: localhost(),
             allowed_dests: Vec::new(),
             security: self.security.clone(),
+            read_ahead_kib,
         })
         .await
         .expect("peer starts")
@@ -1214,6 +1222,37 @@ async fn connections_that_stop_reading_do_not_hold_the_upload_slots() {
         let downloader = swarm.peer().await;
         fetch_ok(&downloader, "slots.bin", None, &data).await;
         drop(stuck);
+    })
+    .await;
+}
+
+/// A seeder without read-ahead budget reads each chunk only when its turn to
+/// be sent comes; with the default budget it reads a lone downloader's
+/// chunks ahead. Both serve the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_read_ahead_or_at_their_turn() {
+    within(60, async {
+        let mut swarm = Swarm::new().await;
+        for (k, budget) in [0, p2pfs_peer::server::SERVE_MEMORY_KIB]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("turn{k}.bin");
+            let (path, data) = swarm.file(&name, 6 * CHUNK + 123, 41 + k as u64);
+            let seeder = swarm.offline_peer_with(budget).await;
+            seeder.connect(swarm.addr).await.expect("seeder connects");
+            seeder.publish(&path, &name).await.expect("publish");
+            let downloader = swarm.peer().await;
+            fetch_ok(&downloader, &name, Some(seeder.listen_addr()), &data).await;
+            let (_, served) = seeder.stats().uploaded();
+            let at_turn = seeder.stats().chunks_read_at_turn();
+            assert!(served >= 7, "{served} chunks served");
+            if budget == 0 {
+                assert_eq!(at_turn, served, "every chunk read at its turn");
+            } else {
+                assert_eq!(at_turn, 0, "every chunk read ahead");
+            }
+        }
     })
     .await;
 }

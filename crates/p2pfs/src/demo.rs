@@ -54,6 +54,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             listen: "127.0.0.1:0".parse()?,
             allowed_dests: Vec::new(),
             security: security.clone(),
+            read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
         })
         .await?;
         peer.connect(taddr).await?;

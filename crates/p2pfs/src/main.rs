@@ -297,6 +297,7 @@ fn main() -> ExitCode {
                     listen,
                     allowed_dests: allow_dest,
                     security,
+                    read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
                 };
                 run_peer(tracker, config, no_shell, http.addr()).await
             }
