@@ -592,7 +592,8 @@ impl Opener {
         Ok((self.buf.len() >= 2 + len).then_some(len))
     }
 
-    /// Opens the record of `len` sealed bytes at the front of `buf` into `out`.
+    /// Opens the record of `len` sealed bytes at the front of `buf` into
+    /// `out`, which has room for all `len` (the plaintext and the tag).
     fn open(&mut self, len: usize, out: &mut [u8]) -> io::Result<usize> {
         let n = self
             .state
@@ -627,9 +628,12 @@ impl AsyncRead for ReadHalf {
             }
             let mut produced = false;
             while let Some(len) = o.complete()? {
-                let plain = len - TAG_LEN;
-                if buf.remaining() >= plain {
-                    let n = o.open(len, buf.initialize_unfilled_to(plain))?;
+                // Opening needs room for the tag too: snow then decrypts
+                // in place in `out`, where with less room it copies the
+                // record into a new buffer first (an allocation and two
+                // copies per record).
+                if buf.remaining() >= len {
+                    let n = o.open(len, buf.initialize_unfilled_to(len))?;
                     buf.advance(n);
                     // An empty record yields nothing; returning then would
                     // read as the end of the stream.
@@ -637,8 +641,8 @@ impl AsyncRead for ReadHalf {
                 } else if produced {
                     break;
                 } else {
-                    let mut tmp = RECORD_POOL.take_vec(MAX_RECORD_PLAIN);
-                    match o.open(len, &mut tmp[..plain]) {
+                    let mut tmp = RECORD_POOL.take_vec(MAX_RECORD_LEN);
+                    match o.open(len, &mut tmp[..len]) {
                         Ok(n) => {
                             o.plain = tmp;
                             o.plain_pos = 0;
@@ -908,10 +912,17 @@ mod tests {
                 back
             });
             let mut got = vec![0u8; data.len()];
-            // Small reads exercise the partial-record path.
+            // Reads smaller than a record take the partial-record path;
+            // reads with room for a record and its tag open it in place;
+            // a read with room for the plaintext but not the tag takes the
+            // partial path too.
+            let sizes = [1000, MAX_RECORD_LEN, 300_000, MAX_RECORD_PLAIN, 70_000, 1];
             let mut at = 0;
-            while at < got.len() {
-                let end = (at + 1000).min(got.len());
+            for k in 0.. {
+                if at == got.len() {
+                    break;
+                }
+                let end = (at + sizes[k % sizes.len()]).min(got.len());
                 let n = s.read(&mut got[at..end]).await.unwrap();
                 assert!(n > 0);
                 at += n;
