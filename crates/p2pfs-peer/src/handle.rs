@@ -95,9 +95,9 @@ impl Stats {
         self.read_at_turn.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Chunks served that were read only when their turn to be sent came,
-    /// because the read-ahead budget ([`crate::server::SERVE_MEMORY_KIB`])
-    /// was in use.
+    /// Chunks served that were read only when they became their
+    /// connection's next reply, because the read-ahead budget
+    /// ([`crate::server::SERVE_MEMORY_KIB`]) was in use.
     pub fn chunks_read_at_turn(&self) -> u64 {
         self.read_at_turn.load(Ordering::Relaxed)
     }

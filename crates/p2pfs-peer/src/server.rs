@@ -58,10 +58,13 @@ pub const READ_AHEAD: usize = 4;
 
 /// Most chunk bytes read from disk ahead of their turn to be sent, across
 /// every connection, in KiB. A request reads ahead only if its share is at
-/// hand; otherwise its chunk is read when its turn comes, once it has an
-/// upload slot. So a crowd of downloaders never waits for this budget, and
-/// the chunks a peer holds in memory are bounded by this budget, the
-/// upload slots and the sends that outlived [`SLOT_HOLD`].
+/// hand; otherwise its chunk is read when its turn comes: when it is the
+/// next reply of its connection, before it waits for an upload slot (a
+/// read while holding a slot left the slot idle; with 200 downloaders on
+/// a tmpfs, where each such read goes to a reader thread, the crowd took
+/// 43-70 s instead of 39-41). So a crowd of downloaders never waits for
+/// this budget, and a peer holds at most this budget plus one chunk per
+/// connection.
 pub const SERVE_MEMORY_KIB: u32 = 8 * 1024;
 
 /// A chunk to send: read ahead with its share of [`SERVE_MEMORY_KIB`], or
@@ -170,7 +173,7 @@ async fn serve_requests(
     let mut deferred: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut quiet_until = tokio::time::Instant::now();
     // The next chunk reply, read and waiting for an upload slot.
-    let mut waiting: Option<(u32, ReadChunk, SlotWait)> = None;
+    let mut waiting: Option<(u32, ReadChunk, Vec<u8>, SlotWait)> = None;
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -194,23 +197,8 @@ async fn serve_requests(
                 writer.flush().await?;
                 quiet_until = tokio::time::Instant::now() + PUSH_INTERVAL;
             }
-            Some(permit) = futures::future::OptionFuture::from(waiting.as_mut().map(|w| &mut w.2)), if waiting.is_some() => {
-                if let Some((id, c, _)) = waiting.take() {
-                    let data = match c.data {
-                        Some(data) => data,
-                        None => match read_held(inner, &c.holding, &c.content_id, c.index).await {
-                            Ok(data) => {
-                                inner.stats.record_read_at_turn();
-                                data
-                            }
-                            Err(reply) => {
-                                drop(permit);
-                                c.holding.unhand(conn, c.index);
-                                writer.send_control(id, &reply).await?;
-                                continue;
-                            }
-                        },
-                    };
+            Some(permit) = futures::future::OptionFuture::from(waiting.as_mut().map(|w| &mut w.3)), if waiting.is_some() => {
+                if let Some((id, c, data, _)) = waiting.take() {
                     // The slot is held while the chunk goes out, for at most
                     // SLOT_HOLD (the semaphore is never closed).
                     let send = writer.send_chunk(id, &c.content_id, c.index, &data);
@@ -228,8 +216,23 @@ async fn serve_requests(
             }
             Some(reply) = queue.next(), if waiting.is_none() && !queue.is_empty() => match reply {
                 Reply::Control(id, msg) => writer.send_control(id, &msg).await?,
-                Reply::Chunk(id, c) => {
-                    waiting = Some((id, c, Box::pin(inner.upload_slots.clone().acquire_owned())));
+                Reply::Chunk(id, mut c) => {
+                    let data = match c.data.take() {
+                        Some(data) => data,
+                        // Not read ahead: read it now that its turn came.
+                        None => match read_held(inner, &c.holding, &c.content_id, c.index).await {
+                            Ok(data) => {
+                                inner.stats.record_read_at_turn();
+                                data
+                            }
+                            Err(reply) => {
+                                c.holding.unhand(conn, c.index);
+                                writer.send_control(id, &reply).await?;
+                                continue;
+                            }
+                        },
+                    };
+                    waiting = Some((id, c, data, Box::pin(inner.upload_slots.clone().acquire_owned())));
                 }
             },
             frame = tokio::time::timeout(IDLE_TIMEOUT, reader.next()), if queue.len() < ahead => {
@@ -322,7 +325,8 @@ type Permit = tokio::sync::OwnedSemaphorePermit;
 
 /// Checks a chunk request, and reads the chunk now if its share of the
 /// read-ahead budget ([`SERVE_MEMORY_KIB`] by default) is at hand; `None`
-/// data: read it when its turn comes, with [`read_held`].
+/// data: read it when it is the connection's next reply, with
+/// [`read_held`].
 async fn read_ahead(
     inner: &PeerInner,
     holding: Option<Arc<Holding>>,
