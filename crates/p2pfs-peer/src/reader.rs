@@ -11,7 +11,8 @@
 //! woken (a `strace` of a 1 GiB fetch counted about five futex calls per
 //! chunk served with a blocking-pool task each). The queue is bounded by
 //! its callers: each connection reads at most [`READ_AHEAD`] chunks ahead,
-//! so at most [`MAX_CONNECTIONS`] × [`READ_AHEAD`] jobs wait, and a job
+//! plus the one that became its next reply without being read ahead, so at
+//! most [`MAX_CONNECTIONS`] × ([`READ_AHEAD`] + 1) jobs wait, and a job
 //! whose connection has closed is dropped unread.
 //!
 //! [`READ_AHEAD`]: crate::server::READ_AHEAD
