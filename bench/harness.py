@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "target", "release", "p2pfs")
 # Every daemon of a run gets this HTTP API token (the swarm's APIs listen on
 # namespace addresses, where a token is required), and every request sends it.
+# A token may start with "-", so it is always passed as `--http-token=TOKEN`.
 HTTP_TOKEN = secrets.token_urlsafe(32)
 TCPCOPY = os.path.join(REPO, "target", "release", "tcpcopy")
 
@@ -190,7 +191,7 @@ def start_tracker(logdir, tag="tracker", listen="127.0.0.1:0", http="127.0.0.1:0
     `insecure`); `d.join` is its join token."""
     extra = ["--insecure"] if insecure else []
     d = Daemon(ns_prefix(netns) + [BIN, "tracker", "--listen", listen, "--no-shell",
-                                   "--http", http, "--http-token", HTTP_TOKEN,
+                                   "--http", http, f"--http-token={HTTP_TOKEN}",
                                    "--data", os.path.join(logdir, f"{tag}-data")]
                + extra,
                os.path.join(logdir, f"{tag}.log"), env=env)
@@ -208,7 +209,7 @@ def start_peer(logdir, tag, tracker, repo, listen="127.0.0.1:0", http="127.0.0.1
     join = ["--insecure"] if tracker.insecure else ["--join", tracker.join]
     d = Daemon(ns_prefix(netns) + [BIN, "peer", "--tracker", tracker.addr, "--listen", listen,
                                    "--repo", repo, "--no-shell", "--http", http,
-                                   "--http-token", HTTP_TOKEN] + join,
+                                   f"--http-token={HTTP_TOKEN}"] + join,
                os.path.join(logdir, f"{tag}.log"), env=env)
     if wait:
         peer_ready(d)
