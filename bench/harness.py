@@ -232,7 +232,7 @@ def stop_all(daemons):
 
 # ---------------------------------------------------------------- HTTP
 
-def http_json(base, method, path, body=None, timeout=30):
+def http_json(base, method, path, body=None, timeout=30, raw_errors=False):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method)
     req.add_header("Authorization", f"Bearer {HTTP_TOKEN}")
@@ -244,6 +244,8 @@ def http_json(base, method, path, body=None, timeout=30):
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"{method} {base}{path}: {e.code} {e.read().decode()}") from None
     except (urllib.error.URLError, OSError) as e:
+        if raw_errors:
+            raise
         # Which call failed, not only "Broken pipe".
         raise RuntimeError(f"{method} {base}{path}: {getattr(e, 'reason', e)!r}") from None
 
@@ -333,8 +335,22 @@ class EndWatcher:
         self.conn.close()
 
 
-def start_fetch(peer, name, dest):
-    return http_json(peer.api, "POST", "/api/fetch", {"name": name, "dest": dest})
+def start_fetch(peer, name, dest, attempts=3):
+    """POST /api/fetch. A broken pipe means the peer closed the connection
+    before the request was sent whole (under 200 downloaders on 2 cores a
+    harness thread can stall past the API's 10 s header timeout between
+    connecting and sending), so the peer cannot have acted on it: send it
+    again, and say so."""
+    for attempt in range(attempts):
+        try:
+            return http_json(peer.api, "POST", "/api/fetch", {"name": name, "dest": dest},
+                             raw_errors=True)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if not isinstance(reason, BrokenPipeError) or attempt + 1 == attempts:
+                raise RuntimeError(f"POST {peer.api}/api/fetch: {reason!r}") from None
+            log(f"POST {peer.api}/api/fetch: broken pipe before the request was sent; "
+                "sending it again")
 
 
 def start_fetches_together(peers, name, dests):

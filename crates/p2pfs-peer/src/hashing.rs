@@ -51,10 +51,13 @@ mod tests {
         let m = build_manifest(f.path()).unwrap();
         m.validate().unwrap();
         assert_eq!(m.size, 600_000);
-        assert_eq!(m.hashes.len(), 3);
-        let (off, len) = m.chunk_range(2).unwrap();
+        // 64 KiB chunks: 9 whole and one of 10,176 bytes.
+        assert_eq!(m.chunk_size, p2pfs_proto::limits::MIN_CHUNK_SIZE);
+        assert_eq!(m.hashes.len(), 10);
+        let (off, len) = m.chunk_range(9).unwrap();
+        assert_eq!(len, 600_000 - 9 * 65_536);
         assert_eq!(
-            m.hashes[2],
+            m.hashes[9],
             hash_chunk(&data[off as usize..off as usize + len as usize])
         );
     }

@@ -31,7 +31,7 @@ use crate::store::Holding;
 /// thread and back (two context switches per chunk). Reading and hashing
 /// 256 KiB from the page cache takes about 75 µs, within what a task may
 /// run between awaits.
-const INLINE_MAX: usize = p2pfs_proto::limits::MIN_CHUNK_SIZE as usize;
+const INLINE_MAX: usize = p2pfs_proto::limits::BULK_CHUNK_SIZE as usize;
 
 /// Fewest and most reader threads per peer (one per core in between): a
 /// few parallel reads keep a disk busy; hashing needs no more than the cores.

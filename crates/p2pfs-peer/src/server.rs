@@ -97,7 +97,7 @@ pub const SLOT_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 /// Unsent bytes a serving socket may hold (`TCP_NOTSENT_LOWAT`): a chunk
 /// counts as sent, and frees its upload slot, once it is nearly on the
 /// wire rather than when it is queued in a large socket buffer.
-pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+pub const NOTSENT_LOWAT: u32 = 32 * 1024;
 
 type SlotWait = std::pin::Pin<
     Box<

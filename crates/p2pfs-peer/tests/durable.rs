@@ -265,7 +265,7 @@ async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
         let taddr = tracker.start(localhost()).await.unwrap();
         let a = peer(&dir.path().join("a"), taddr).await;
         let b = peer(&dir.path().join("b"), taddr).await;
-        let big = random_bytes(12 * CHUNK, 7);
+        let big = random_bytes(48 * CHUNK, 7);
         std::fs::write(dir.path().join("big.bin"), &big).unwrap();
         let small = random_bytes(2 * CHUNK, 8);
         std::fs::write(dir.path().join("small.bin"), &small).unwrap();

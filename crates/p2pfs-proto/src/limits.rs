@@ -6,12 +6,18 @@ use std::time::Duration;
 /// Magic bytes that open every connection's hello.
 pub const MAGIC: [u8; 4] = *b"P2PF";
 /// Version of the wire protocol spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Size of the fixed hello both sides send first, in bytes.
 pub const HELLO_LEN: usize = 8;
 
 /// Smallest chunk size a manifest may use, in bytes.
-pub const MIN_CHUNK_SIZE: u32 = 256 * 1024;
+pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
+/// Chunk size of large files, in bytes: files up to [`TARGET_CHUNKS`] ×
+/// this size use smaller chunks, down to [`MIN_CHUNK_SIZE`].
+pub const BULK_CHUNK_SIZE: u32 = 256 * 1024;
+/// Chunk count that files smaller than [`TARGET_CHUNKS`] × [`BULK_CHUNK_SIZE`]
+/// (1 GiB) aim at: smaller chunks travel through a swarm in shorter hops.
+pub const TARGET_CHUNKS: u32 = 4096;
 /// Largest chunk size a manifest may use, in bytes.
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Largest number of chunks in one file. Chunk size grows with file size so

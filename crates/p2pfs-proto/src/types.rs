@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
+use crate::limits::{
+    BULK_CHUNK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE, TARGET_CHUNKS,
+};
 use crate::ProtoError;
 
 fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,9 +116,14 @@ impl fmt::Debug for Manifest {
 }
 
 /// Chunk size for a file of `size` bytes: the smallest power of two at least
-/// [`MIN_CHUNK_SIZE`] that keeps the chunk count within [`MAX_CHUNKS`].
+/// [`MIN_CHUNK_SIZE`] that splits the file into at most [`TARGET_CHUNKS`]
+/// chunks, but no larger than [`BULK_CHUNK_SIZE`] until the count would pass
+/// [`MAX_CHUNKS`].
 pub fn chunk_size_for(size: u64) -> u32 {
     let mut chunk = MIN_CHUNK_SIZE;
+    while chunk < BULK_CHUNK_SIZE && size.div_ceil(u64::from(chunk)) > u64::from(TARGET_CHUNKS) {
+        chunk *= 2;
+    }
     while chunk < MAX_CHUNK_SIZE && size.div_ceil(u64::from(chunk)) > u64::from(MAX_CHUNKS) {
         chunk *= 2;
     }
@@ -345,8 +352,19 @@ mod tests {
 
     #[test]
     fn chunk_size_grows_to_bound_chunk_count() {
+        const MIB: u64 = 1 << 20;
         assert_eq!(chunk_size_for(0), MIN_CHUNK_SIZE);
-        assert_eq!(chunk_size_for(1 << 30), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(64 * MIB), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(256 * MIB), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(256 * MIB + 1), 2 * MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(1024 * MIB), BULK_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(16 * 1024 * MIB), BULK_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(16 * 1024 * MIB + 1), 2 * BULK_CHUNK_SIZE);
+        for size in [1, 5 * MIB, 300 * MIB, 5 * 1024 * MIB] {
+            let c = chunk_size_for(size);
+            assert!(c == MIN_CHUNK_SIZE || chunk_count(size, c / 2) > u64::from(TARGET_CHUNKS));
+            assert!(chunk_count(size, c) <= u64::from(TARGET_CHUNKS) || c == BULK_CHUNK_SIZE);
+        }
         let huge = 100 * (1u64 << 30);
         let c = chunk_size_for(huge);
         assert!(chunk_count(huge, c) <= u64::from(MAX_CHUNKS));
@@ -357,11 +375,11 @@ mod tests {
     fn chunk_ranges_cover_the_file() {
         let m = Manifest {
             size: 600_000,
-            chunk_size: MIN_CHUNK_SIZE,
+            chunk_size: BULK_CHUNK_SIZE,
             hashes: vec![[0; 32]; 3],
         };
         m.validate().unwrap();
-        assert_eq!(m.chunk_range(0), Some((0, MIN_CHUNK_SIZE)));
+        assert_eq!(m.chunk_range(0), Some((0, BULK_CHUNK_SIZE)));
         assert_eq!(m.chunk_range(2), Some((2 * 262_144, 600_000 - 2 * 262_144)));
         assert_eq!(m.chunk_range(3), None);
     }
@@ -370,7 +388,7 @@ mod tests {
     fn manifest_validation_rejects_bad_counts() {
         let m = Manifest {
             size: 600_000,
-            chunk_size: MIN_CHUNK_SIZE,
+            chunk_size: BULK_CHUNK_SIZE,
             hashes: vec![[0; 32]; 2],
         };
         assert!(m.validate().is_err());
@@ -378,6 +396,19 @@ mod tests {
             size: 0,
             chunk_size: 7,
             hashes: vec![],
+        };
+        assert!(m.validate().is_err());
+        // Version 4: 64 KiB chunks are valid, smaller ones are not.
+        let m = Manifest {
+            size: 65_536 + 1,
+            chunk_size: 65_536,
+            hashes: vec![[0; 32]; 2],
+        };
+        m.validate().unwrap();
+        let m = Manifest {
+            size: 32_768,
+            chunk_size: 32_768,
+            hashes: vec![[0; 32]; 1],
         };
         assert!(m.validate().is_err());
     }

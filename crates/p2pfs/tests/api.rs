@@ -30,7 +30,7 @@ fn publish_over_the_api_and_fetch_with_ctl_wait() -> Result {
     let (a, a_addr) = net.peer("a")?;
     let (b, _) = net.peer("b")?;
     let (ta, aa, ba) = (api(&net.tracker)?, api(&a)?, api(&b)?);
-    let data = random_file(&net.path("data.bin"), 2 * 262_144 + 777)?;
+    let data = random_file(&net.path("data.bin"), 2 * CHUNK + 777)?;
     let path = net.path("data.bin").display().to_string();
 
     let (status, v) = post(

@@ -158,7 +158,7 @@ async fn publish_fetch_and_ping_in_a_real_browser() -> Result {
     let tracker_url = net.tracker.api.clone().ok_or("no tracker URL")?;
     let alice_url = a.api.clone().ok_or("no alice URL")?;
     let bob_url = b.api.clone().ok_or("no bob URL")?;
-    let data = random_file(&net.path("holiday photos.bin"), 5 * 262_144 + 4321)?;
+    let data = random_file(&net.path("holiday photos.bin"), 5 * CHUNK + 4321)?;
     let c = browser(&driver).await?;
     let result = async {
         // Alice publishes through her page.

@@ -16,7 +16,7 @@ fn publish_and_multi_source_fetch_across_processes() -> Result {
     let (mut b, _) = net.peer("b")?;
     let (mut c, c_addr) = net.peer("c")?;
     // Not a multiple of the chunk size; name with a space and a non-ASCII letter.
-    let data = random_file(&net.path("my notes.txt"), 3 * 262_144 + 12_345)?;
+    let data = random_file(&net.path("my notes.txt"), 3 * CHUNK + 12_345)?;
     std::fs::write(net.path("copy.bin"), &data)?;
     a.run(
         &format!(
@@ -262,7 +262,7 @@ fn shell_cancel_keeps_chunks_and_resume_finishes() -> Result {
     let net = Net::new()?;
     let (mut a, _) = net.peer("a")?;
     let (mut b, _) = net.peer("b")?;
-    let data = random_file(&net.path("slow.bin"), 40 * 262_144)?;
+    let data = random_file(&net.path("slow.bin"), 40 * CHUNK)?;
     a.run(
         &format!("publish {} slow.bin", quoted(&net.path("slow.bin"))),
         "published 'slow.bin'",

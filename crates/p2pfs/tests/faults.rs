@@ -80,7 +80,7 @@ fn uploaded(p: &Proc) -> Result<u64> {
 fn a_downloader_killed_half_way_resumes_and_fetches_only_the_rest() -> Result {
     let net = Net::new()?;
     let (seeder, _) = net.peer("seeder")?;
-    let size = 64 * 262_144; // 16 MiB, 64 chunks
+    let size = 64 * CHUNK; // 4 MiB, 64 chunks
     let data = random_file(&net.path("video.bin"), size)?;
     publish(&seeder, &net.path("video.bin"), "video.bin")?;
     set_delay(&seeder, 0.03)?;
@@ -136,7 +136,7 @@ fn tracker_killed_and_restarted_during_a_swarm_fetch() -> Result {
     let (a, _) = Proc::peer("a", &join, &dir.path().join("a"))?;
     let (b, _) = Proc::peer("b", &join, &dir.path().join("b"))?;
     let (c, _) = Proc::peer("c", &join, &dir.path().join("c"))?;
-    let size = 48 * 262_144;
+    let size = 48 * CHUNK;
     let data = random_file(&dir.path().join("iso.bin"), size)?;
     std::fs::write(dir.path().join("copy.bin"), &data)?;
     publish(&a, &dir.path().join("iso.bin"), "iso.bin")?;
@@ -203,7 +203,7 @@ fn slow_and_silent_connections_do_not_hold_up_anyone() -> Result {
     let net = Net::new()?;
     let (a, a_addr) = net.peer("a")?;
     let (b, _) = net.peer("b")?;
-    let data = random_file(&net.path("f.bin"), 3 * 262_144 + 1)?;
+    let data = random_file(&net.path("f.bin"), 3 * CHUNK + 1)?;
     publish(&a, &net.path("f.bin"), "f.bin")?;
     let addrs: Vec<SocketAddr> = vec![a_addr, net.taddr];
     // Many idle connections, and slow-loris ones that send a hello one byte

@@ -155,7 +155,7 @@ fn outsiders_are_refused_and_learn_nothing() -> Result {
         let (err, bytes) = outsider_connects(target, &Security::secret(NetworkSecret::generate()))?;
         assert!(err.contains("wrong network secret"), "{target}: {err}");
         assert_eq!(
-            bytes, b"P2PF\x00\x03\x01\x01",
+            bytes, b"P2PF\x00\x04\x01\x01",
             "{target} sent more than a refusal"
         );
         let (err, bytes) = outsider_connects(target, &Security::Insecure)?;
@@ -164,7 +164,7 @@ fn outsiders_are_refused_and_learn_nothing() -> Result {
             "{target}: {err}"
         );
         assert_eq!(
-            bytes, b"P2PF\x00\x03\x01\x02",
+            bytes, b"P2PF\x00\x04\x01\x02",
             "{target} sent more than a refusal"
         );
     }

@@ -176,6 +176,10 @@ impl Drop for Proc {
     }
 }
 
+/// Chunk size of the test files: every file under 256 MiB is split into
+/// chunks of `MIN_CHUNK_SIZE` (64 KiB).
+pub const CHUNK: usize = p2pfs_proto::limits::MIN_CHUNK_SIZE as usize;
+
 pub fn random_file(path: &Path, len: usize) -> Result<Vec<u8>> {
     let mut data = vec![0u8; len];
     rand::Rng::fill(&mut rand::rng(), &mut data[..]);
