@@ -25,8 +25,9 @@ use super::DownloadShared;
 pub(crate) const INITIAL_WINDOW: usize = 16;
 /// Fewest requests in flight for a healthy source.
 pub(crate) const MIN_WINDOW: usize = 1;
-/// Most requests in flight per source.
-pub(crate) const MAX_WINDOW: usize = 64;
+/// Most bytes requested and not yet received per source (64 chunks of
+/// 256 KiB, 256 of 64 KiB).
+pub(crate) const MAX_WINDOW_BYTES: usize = 16 * 1024 * 1024;
 /// Seconds of data to keep queued at a source (libtorrent keeps about 3;
 /// less here keeps a seeder's upload from being promised far ahead, which
 /// slows how fast a swarm passes chunks on).
@@ -39,9 +40,19 @@ pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(4);
 pub(crate) const DEFER_RETRY: Duration = Duration::from_secs(3);
 /// Bad chunks after which a source is dropped.
 pub(crate) const MAX_STRIKES: u32 = 2;
-/// Chunks of one source being verified and written while the next ones are
-/// received (receiving and hashing overlap on different cores).
-pub(crate) const MAX_VERIFYING: usize = 4;
+/// Bytes of one source's chunks being verified and written while the next
+/// ones are received (receiving and hashing overlap on different cores):
+/// 4 chunks of 256 KiB, 16 of 64 KiB.
+pub(crate) const MAX_VERIFYING_BYTES: usize = 1024 * 1024;
+
+/// The window cap and the verifying depth of a download, in chunks.
+fn per_chunk_limits(chunk_size: u32) -> (usize, usize) {
+    let chunk = (chunk_size as usize).max(1);
+    (
+        (MAX_WINDOW_BYTES / chunk).max(INITIAL_WINDOW),
+        (MAX_VERIFYING_BYTES / chunk).max(1),
+    )
+}
 
 /// How a source task ended.
 #[derive(Debug)]
@@ -94,6 +105,7 @@ async fn source_impl(
         },
     )?;
     let mut next_id: u32 = 2;
+    let (max_window, max_verifying) = per_chunk_limits(dl.manifest.chunk_size);
     let mut window = INITIAL_WINDOW;
     let mut strikes = 0;
     let mut last_data = Instant::now();
@@ -149,7 +161,7 @@ async fn source_impl(
                     let rate = rate_bytes as f64 / elapsed.as_secs_f64();
                     let chunk = f64::from(dl.manifest.chunk_size);
                     if last_data.elapsed() < STALL_TIMEOUT {
-                        window = ((rate * QUEUE_SECONDS / chunk).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW);
+                        window = ((rate * QUEUE_SECONDS / chunk).ceil() as usize).clamp(MIN_WINDOW, max_window);
                     }
                     rate_start = Instant::now();
                     rate_bytes = 0;
@@ -165,7 +177,7 @@ async fn source_impl(
                     }
                 }
             }
-            frame = reader.next(), if verifying.len() < MAX_VERIFYING => {
+            frame = reader.next(), if verifying.len() < max_verifying => {
                 let frame = match frame {
                     None => return Err(ProtoError::Closed),
                     Some(f) => f?,
@@ -265,5 +277,19 @@ async fn accept_chunk(
             ));
             Err(ProtoError::Io(e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_verifying_depth_follow_the_chunk_size() {
+        // 256 KiB: as before the limits counted bytes.
+        assert_eq!(per_chunk_limits(256 * 1024), (64, 4));
+        assert_eq!(per_chunk_limits(64 * 1024), (256, 16));
+        // Large chunks keep the initial window and one chunk verifying.
+        assert_eq!(per_chunk_limits(16 * 1024 * 1024), (INITIAL_WINDOW, 1));
     }
 }
