@@ -816,6 +816,9 @@ def main():
             results[b + "_error"] = repr(e)
         H.log(f"== {b} took {time.monotonic() - t0:.0f} s")
         H.CLEANUP.kill_procs()
+    # Which run measured each benchmark (kept through --merge).
+    run_of = {"date": info["date"], "commit": info["commit"], "worktree": info["worktree"]}
+    results["runs"] = {b: run_of for b in selected if b in results}
     merged = []
     if args.merge:
         with open(args.merge) as f:
@@ -823,6 +826,8 @@ def main():
         for b in BENCHES:
             if b not in selected and b in prior:
                 results[b] = prior[b]
+                results["runs"][b] = prior.get("runs", {}).get(b) or {
+                    k: prior["machine"][k] for k in ("date", "commit", "worktree")}
                 merged.append(b)
     md = table(results)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
@@ -836,10 +841,13 @@ def main():
         block = (f"Run of {info['date']} (`python3 bench/run.py "
                  f"{' '.join(sys.argv[1:])}`) on commit {info['commit']} "
                  f"(work tree {info['worktree']})")
-        if merged:
-            pm = prior["machine"]
-            block += (f"; {', '.join(merged)} from the run of {pm['date']} on commit "
-                      f"{pm['commit']} (work tree {pm['worktree']})")
+        runs = {}
+        for m in merged:
+            r = results["runs"][m]
+            runs.setdefault((r["date"], r["commit"], r["worktree"]), []).append(m)
+        for (date, commit, tree), names in sorted(runs.items(), reverse=True):
+            block += (f"; {', '.join(names)} from the run of {date} on commit "
+                      f"{commit} (work tree {tree})")
         block += ".\n\n" + md
         if update_doc(os.path.join(H.REPO, "BENCHMARKS.md"), block):
             H.log("BENCHMARKS.md results section updated")
