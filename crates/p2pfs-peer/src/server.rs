@@ -86,10 +86,8 @@ enum Reply {
 /// Chunk replies sent at once by this peer, across all connections: the
 /// others wait their turn (first come, first served). Few transfers at a
 /// time each finish sooner, so the receivers can pass the chunks on sooner
-/// (BitTorrent's upload slots, without choking; libtorrent unchokes 8 by
-/// default). With 64 KiB chunks, 8 slots finished a swarm of 32 leechers
-/// about 1 s sooner than 4 did (BENCHMARKS.md).
-pub const UPLOAD_SLOTS: usize = 8;
+/// (BitTorrent's upload slots, without choking).
+pub const UPLOAD_SLOTS: usize = 4;
 
 /// Longest a chunk send keeps its upload slot: a receiver that reads
 /// slowly, or not at all, cannot hold the slots and stop this peer from
