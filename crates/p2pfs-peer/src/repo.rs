@@ -296,7 +296,10 @@ impl Repo {
             .filter(|m| m.validate().is_ok() && m.content_id() == *cid))
     }
 
-    /// The manifest hashed earlier for `path` at this stamp, if any.
+    /// The manifest hashed earlier for `path` at this stamp, if any and if
+    /// it follows this build's chunk size rule (a manifest cached by a build
+    /// with another rule would give the file another content id than other
+    /// publishers of it get, so the file is hashed again).
     ///
     /// # Errors
     /// Database errors.
@@ -314,7 +317,9 @@ impl Repo {
             .optional()
         })?;
         match cid.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()) {
-            Some(id) => self.manifest(&ContentId(id)),
+            Some(id) => Ok(self
+                .manifest(&ContentId(id))?
+                .filter(|m| m.chunk_size == p2pfs_proto::types::chunk_size_for(m.size))),
             None => Ok(None),
         }
     }
@@ -593,6 +598,18 @@ mod tests {
         };
         assert_eq!(
             repo.cached_manifest(Path::new("/a"), changed).unwrap(),
+            None
+        );
+        // A manifest cached under another chunk size rule is not reused.
+        let old_rule = Manifest {
+            size: 600_000,
+            chunk_size: 4 * MIN_CHUNK_SIZE,
+            hashes: vec![[3; 32]; 3],
+        };
+        repo.cache_manifest(Path::new("/old"), stamp, &old_rule)
+            .unwrap();
+        assert_eq!(
+            repo.cached_manifest(Path::new("/old"), stamp).unwrap(),
             None
         );
         let pubs = repo.publications().unwrap();
