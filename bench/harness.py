@@ -337,10 +337,9 @@ class EndWatcher:
 
 def start_fetch(peer, name, dest, attempts=3):
     """POST /api/fetch. A broken pipe means the peer closed the connection
-    before the request was sent whole (under 200 downloaders on 2 cores a
-    harness thread can stall past the API's 10 s header timeout between
-    connecting and sending), so the peer cannot have acted on it: send it
-    again, and say so."""
+    before the request was sent whole (a harness thread that stalls past
+    the API's 10 s header timeout between connecting and sending meets
+    one), so the peer cannot have acted on it: send it again, and say so."""
     for attempt in range(attempts):
         try:
             return http_json(peer.api, "POST", "/api/fetch", {"name": name, "dest": dest},
