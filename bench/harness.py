@@ -364,14 +364,17 @@ def start_fetches_together(peers, name, dests):
     began seconds late and the total measured that.)"""
     import asyncio
 
-    async def connect(peer):
+    def host_port(peer):
         m = re.match(r"http://([^/:]+):(\d+)", peer.api)
-        return await asyncio.open_connection(m.group(1), int(m.group(2)))
+        return m.group(1), int(m.group(2))
+
+    async def connect(peer):
+        return await asyncio.open_connection(*host_port(peer))
 
     def request(peer, dest):
-        m = re.match(r"http://([^/:]+:\d+)", peer.api)
+        host, port = host_port(peer)
         body = json.dumps({"name": name, "dest": dest}).encode()
-        head = (f"POST /api/fetch HTTP/1.1\r\nHost: {m.group(1)}\r\n"
+        head = (f"POST /api/fetch HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Authorization: Bearer {HTTP_TOKEN}\r\n"
                 "Content-Type: application/json\r\nConnection: close\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n")

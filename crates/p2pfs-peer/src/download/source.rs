@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn window_and_verifying_depth_follow_the_chunk_size() {
-        // 256 KiB: as before the limits counted bytes.
+        // 256 KiB chunks: the limits of before (64 requests, 4 verifying).
         assert_eq!(per_chunk_limits(256 * 1024), (64, 4));
         assert_eq!(per_chunk_limits(64 * 1024), (256, 16));
         // Large chunks keep the initial window and one chunk verifying.
