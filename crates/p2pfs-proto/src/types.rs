@@ -283,9 +283,40 @@ impl Bitfield {
         self.count_ones() == self.len
     }
 
-    /// Iterates over the set indexes.
+    /// Iterates over the set indexes, skipping empty bytes.
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
+        Self::set_bits(self.bits.iter().copied(), self.len)
+    }
+
+    /// Iterates over the indexes set here and not in `other` (all set
+    /// indexes when the lengths differ).
+    pub fn ones_not_in<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
+        let same = other.len == self.len;
+        Self::set_bits(
+            self.bits
+                .iter()
+                .enumerate()
+                .map(move |(k, &b)| if same { b & !other.bits[k] } else { b }),
+            self.len,
+        )
+    }
+
+    /// The positions below `len` of the set bits of a byte sequence, most
+    /// significant bit first.
+    fn set_bits(bytes: impl Iterator<Item = u8>, len: u32) -> impl Iterator<Item = u32> {
+        bytes
+            .enumerate()
+            .flat_map(|(k, mut b)| {
+                std::iter::from_fn(move || {
+                    if b == 0 {
+                        return None;
+                    }
+                    let bit = b.leading_zeros();
+                    b &= !(0x80 >> bit);
+                    Some(k as u32 * 8 + bit)
+                })
+            })
+            .take_while(move |&i| i < len)
     }
 
     /// Merges another bitfield of the same length into this one.
@@ -428,6 +459,31 @@ mod tests {
             bits: vec![0, 0x01],
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn set_indexes_match_bit_by_bit() {
+        let mut a = Bitfield::new(37);
+        let mut b = Bitfield::new(37);
+        for i in (0..37).filter(|i| i % 3 == 0 || i % 7 == 1) {
+            a.set(i);
+        }
+        for i in (0..37).filter(|i| i % 2 == 0) {
+            b.set(i);
+        }
+        let naive: Vec<u32> = (0..37).filter(|&i| a.get(i)).collect();
+        assert_eq!(a.ones().collect::<Vec<_>>(), naive);
+        let naive: Vec<u32> = (0..37).filter(|&i| a.get(i) && !b.get(i)).collect();
+        assert_eq!(a.ones_not_in(&b).collect::<Vec<_>>(), naive);
+        assert_eq!(a.ones_not_in(&Bitfield::new(5)).count(), a.ones().count());
+        assert_eq!(Bitfield::full(37).ones().count(), 37);
+        assert_eq!(Bitfield::new(0).ones().count(), 0);
+        // Bits past the length (not valid on the wire) are not reported.
+        let padded = Bitfield {
+            len: 9,
+            bits: vec![0, 0xff],
+        };
+        assert_eq!(padded.ones().collect::<Vec<_>>(), vec![8]);
     }
 
     #[test]

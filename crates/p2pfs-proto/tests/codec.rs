@@ -204,6 +204,20 @@ fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, p2pfs_proto::ProtoError> {
 
 proptest! {
     #[test]
+    fn bitfield_set_indexes_match_bit_by_bit(a in bitfield(), idx in proptest::collection::vec(any::<u32>(), 0..40)) {
+        let mut b = Bitfield::new(a.len());
+        for i in idx {
+            if !a.is_empty() {
+                b.set(i % a.len());
+            }
+        }
+        let ones: Vec<u32> = (0..a.len()).filter(|&i| a.get(i)).collect();
+        prop_assert_eq!(a.ones().collect::<Vec<_>>(), ones);
+        let new: Vec<u32> = (0..a.len()).filter(|&i| a.get(i) && !b.get(i)).collect();
+        prop_assert_eq!(a.ones_not_in(&b).collect::<Vec<_>>(), new);
+    }
+
+    #[test]
     fn control_frames_round_trip(id in any::<u32>(), msg in message()) {
         let mut buf = BytesMut::new();
         FrameCodec.encode(Frame::Control { id, msg: msg.clone() }, &mut buf).unwrap();

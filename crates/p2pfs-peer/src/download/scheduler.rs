@@ -36,6 +36,12 @@ pub const ENDGAME_DUPLICATES: u8 = 2;
 /// asks for it too.
 pub const ENDGAME_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often at most the rarity order is rebuilt. News from up to 32
+/// sources arrives many times a second and each changes some counts; a
+/// slightly stale order only makes a pick a little less rare, never
+/// wrong (each pick checks what the source holds).
+pub const REORDER_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Debug)]
 struct SourceView {
     have: Bitfield,
@@ -71,8 +77,11 @@ pub struct Scheduler {
     /// request: once one of two is released, the other may be that recent).
     asked_at: Vec<Option<Instant>>,
     avail: Vec<u32>,
+    /// Chunks not done when it was built, rarest first, ties in random order.
     order: Vec<u32>,
     order_dirty: bool,
+    /// When `order` was last built.
+    ordered_at: Option<Instant>,
     /// Every chunk before this position in `order` is done.
     scan_start: usize,
     sources: HashMap<SourceId, SourceView>,
@@ -91,6 +100,7 @@ impl Scheduler {
             avail: vec![0; n as usize],
             order: (0..n).collect(),
             order_dirty: true,
+            ordered_at: None,
             scan_start: 0,
             sources: HashMap::new(),
             rng: StdRng::from_os_rng(),
@@ -126,12 +136,11 @@ impl Scheduler {
             .sources
             .entry(id)
             .or_insert_with(|| SourceView::new(have.len()));
-        for i in 0..self.n {
-            match (view.have.get(i), have.get(i)) {
-                (false, true) => self.avail[i as usize] += 1,
-                (true, false) => self.avail[i as usize] -= 1,
-                _ => {}
-            }
+        for i in have.ones_not_in(&view.have) {
+            self.avail[i as usize] += 1;
+        }
+        for i in view.have.ones_not_in(&have) {
+            self.avail[i as usize] -= 1;
         }
         view.have = have;
         self.order_dirty = true;
@@ -140,16 +149,22 @@ impl Scheduler {
     /// Adds chunks a source now holds (it told us, or the tracker did);
     /// what it was known to hold stays. Returns true when it added any.
     pub fn merge_source(&mut self, id: SourceId, have: &Bitfield) -> bool {
-        let Some(view) = self.sources.get(&id) else {
+        let Some(view) = self.sources.get_mut(&id) else {
             return false;
         };
-        if have.len() != self.n || have.ones().all(|i| view.have.get(i)) {
+        if have.len() != self.n {
             return false;
         }
-        let mut merged = view.have.clone();
-        merged.union_with(have);
-        self.set_source(id, merged);
-        true
+        let mut added = false;
+        for i in have.ones_not_in(&view.have) {
+            self.avail[i as usize] += 1;
+            added = true;
+        }
+        if added {
+            view.have.union_with(have);
+            self.order_dirty = true;
+        }
+        added
     }
 
     /// Removes a source; its requests go back to the pool.
@@ -228,11 +243,37 @@ impl Scheduler {
         true
     }
 
-    fn rebuild_order(&mut self) {
+    /// Orders the chunks not done by how many sources hold them, fewest
+    /// first, ties at random: a shuffle, then a counting sort (stable, and
+    /// linear: the counts are at most the number of sources).
+    fn rebuild_order(&mut self, now: Instant) {
+        let done = &self.done;
+        self.order.retain(|&i| !done.get(i));
         self.order.shuffle(&mut self.rng);
         let avail = &self.avail;
-        self.order.sort_by_key(|&i| avail[i as usize]);
+        let most = self
+            .order
+            .iter()
+            .map(|&i| avail[i as usize])
+            .max()
+            .unwrap_or(0) as usize;
+        // starts[a]: where the chunks held by `a` sources begin.
+        let mut starts = vec![0usize; most + 2];
+        for &i in &self.order {
+            starts[avail[i as usize] as usize + 1] += 1;
+        }
+        for a in 1..starts.len() {
+            starts[a] += starts[a - 1];
+        }
+        let mut sorted = vec![0u32; self.order.len()];
+        for &i in &self.order {
+            let slot = &mut starts[avail[i as usize] as usize];
+            sorted[*slot] = i;
+            *slot += 1;
+        }
+        self.order = sorted;
         self.order_dirty = false;
+        self.ordered_at = Some(now);
         self.scan_start = 0;
     }
 
@@ -261,8 +302,11 @@ impl Scheduler {
         if max == 0 || !self.sources.contains_key(&id) {
             return out;
         }
-        if self.order_dirty {
-            self.rebuild_order();
+        let due = self
+            .ordered_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= REORDER_EVERY);
+        if self.order_dirty && due {
+            self.rebuild_order(now);
         }
         while self.scan_start < self.order.len() && self.done.get(self.order[self.scan_start]) {
             self.scan_start += 1;
@@ -271,7 +315,9 @@ impl Scheduler {
             return out;
         };
         view.deferred.retain(|_, until| *until > now);
-        let (done, outstanding, asked_at) = (&self.done, &self.outstanding, &self.asked_at);
+        let (done, outstanding, asked_at) = (&self.done, &mut self.outstanding, &self.asked_at);
+        // A chunk picked here counts as outstanding at once, so that it is
+        // not picked twice in one call.
         // Suggestions first: the chunks this seeder has sent to nobody.
         let deferred = &view.deferred;
         let have = &view.have;
@@ -280,8 +326,9 @@ impl Scheduler {
                 && outstanding[i as usize] == 0
                 && have.get(i)
                 && !deferred.contains_key(&i);
-            if usable && out.len() < max && !out.contains(&i) {
+            if usable && out.len() < max {
                 out.push(i);
+                outstanding[i as usize] += 1;
                 return false;
             }
             usable
@@ -294,8 +341,9 @@ impl Scheduler {
                 }
                 if outstanding[i as usize] == 0 {
                     all_requested = false;
-                    if view.may_ask(i) && !out.contains(&i) {
+                    if view.may_ask(i) {
                         out.push(i);
+                        outstanding[i as usize] += 1;
                         if out.len() == max {
                             break;
                         }
@@ -314,11 +362,13 @@ impl Scheduler {
                 .filter_map(|i| asked_at[i as usize].map(|at| (at, i)))
                 .filter(|&(at, _)| now.saturating_duration_since(at) >= ENDGAME_AFTER)
                 .min();
-            out.extend(straggler.map(|(_, i)| i));
+            if let Some((_, i)) = straggler {
+                out.push(i);
+                outstanding[i as usize] += 1;
+            }
         }
         for &i in &out {
             view.inflight.insert(i);
-            self.outstanding[i as usize] += 1;
             self.asked_at[i as usize] = Some(now);
         }
         out
@@ -364,6 +414,34 @@ mod tests {
         assert_eq!(s.pick(1, 2, now()), vec![3, 2]);
         let next = s.pick(1, 2, now());
         assert!(next.contains(&0) && next.contains(&1));
+    }
+
+    #[test]
+    fn the_rarity_order_follows_news_at_most_every_reorder_every() {
+        let mut s = Scheduler::new(Bitfield::new(6));
+        s.set_source(1, Bitfield::full(6));
+        s.set_source(2, have(6, &[0, 1, 2, 3]));
+        let t = now();
+        // Chunks 4 and 5 are the rarest.
+        let mut first = s.pick(1, 2, t);
+        first.sort_unstable();
+        assert_eq!(first, vec![4, 5]);
+        // News: source 2 now holds 4 and 5 too, and a third source holds
+        // only chunk 0 and 1, so 2 and 3 are now the rarest left.
+        assert!(s.merge_source(2, &have(6, &[4, 5])));
+        s.set_source(3, have(6, &[0, 1]));
+        assert!(!s.merge_source(2, &have(6, &[4])), "nothing new");
+        // Within REORDER_EVERY the old order stands (all four are ties in
+        // it), but a pick never returns a chunk twice or one out already.
+        let soon = s.pick(1, 4, t + REORDER_EVERY / 2);
+        assert_eq!(soon.len(), 4);
+        assert!(soon.iter().all(|i| !first.contains(i)));
+        for &i in &soon {
+            s.release(1, i);
+        }
+        let mut later = s.pick(1, 2, t + REORDER_EVERY);
+        later.sort_unstable();
+        assert_eq!(later, vec![2, 3], "rebuilt: rarest first again");
     }
 
     #[test]
