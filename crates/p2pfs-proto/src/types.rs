@@ -293,10 +293,13 @@ impl Bitfield {
     pub fn ones_not_in<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
         let same = other.len == self.len;
         Self::set_bits(
-            self.bits
-                .iter()
-                .enumerate()
-                .map(move |(k, &b)| if same { b & !other.bits[k] } else { b }),
+            self.bits.iter().enumerate().map(move |(k, &b)| {
+                if same {
+                    b & !other.bits.get(k).copied().unwrap_or(0)
+                } else {
+                    b
+                }
+            }),
             self.len,
         )
     }
