@@ -267,13 +267,19 @@ def wait_listed(tracker, name, timeout=600, interval=0.005, sources=None):
     raise RuntimeError(f"{name} not listed at the tracker within {timeout} s")
 
 
+def api_host_port(api):
+    """(host, port) of an API base address such as http://127.0.0.1:8080."""
+    m = re.match(r"http://([^/:]+):(\d+)", api)
+    return m.group(1), int(m.group(2))
+
+
 class EndWatcher:
     """Follows a peer's /api/events stream and records when each download
     ends (monotonic time, and the download JSON of the `ended` event)."""
 
     def __init__(self, api, timeout=3600):
-        m = re.match(r"http://([^/:]+):(\d+)", api)
-        self.conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=timeout)
+        host, port = api_host_port(api)
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
         self.conn.request("GET", "/api/events", headers={
             "Accept": "text/event-stream", "Authorization": f"Bearer {HTTP_TOKEN}"})
         self.resp = self.conn.getresponse()
@@ -364,15 +370,9 @@ def start_fetches_together(peers, name, dests):
     began seconds late and the total measured that.)"""
     import asyncio
 
-    def host_port(peer):
-        m = re.match(r"http://([^/:]+):(\d+)", peer.api)
-        return m.group(1), int(m.group(2))
+    addrs = [api_host_port(p.api) for p in peers]
 
-    async def connect(peer):
-        return await asyncio.open_connection(*host_port(peer))
-
-    def request(peer, dest):
-        host, port = host_port(peer)
+    def request(host, port, dest):
         body = json.dumps({"name": name, "dest": dest}).encode()
         head = (f"POST /api/fetch HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Authorization: Bearer {HTTP_TOKEN}\r\n"
@@ -389,13 +389,13 @@ def start_fetches_together(peers, name, dests):
         return json.loads(body)["id"]
 
     async def main():
-        conns = await asyncio.gather(*(connect(p) for p in peers))
-        reqs = [request(p, d) for p, d in zip(peers, dests)]
+        conns = await asyncio.gather(*(asyncio.open_connection(h, p) for h, p in addrs))
+        reqs = [request(h, p, d) for (h, p), d in zip(addrs, dests)]
         t0 = time.monotonic()
-        for (_, writer), req in zip(conns, reqs):
-            writer.write(req)
-        await asyncio.gather(*(w.drain() for _, w in conns))
         try:
+            for (_, writer), req in zip(conns, reqs):
+                writer.write(req)
+            await asyncio.gather(*(w.drain() for _, w in conns))
             ids = await asyncio.gather(*(answer(p, r) for p, (r, _) in zip(peers, conns)))
         finally:
             for _, w in conns:
