@@ -16,6 +16,7 @@ use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -93,11 +94,30 @@ async fn session(
     }
     let (mut reader, mut writer) = split_server(stream);
     let mut batch = Vec::new();
+    // One timer per connection, moved on only when it fires: a fresh
+    // timeout per batch put an entry into the timer wheel and took it out
+    // again for every request a busy peer sent.
+    let mut last_frame = Instant::now();
+    let idle = tokio::time::sleep_until(last_frame + PEER_TIMEOUT);
+    tokio::pin!(idle);
     loop {
-        let frame = match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
-            Err(_) => return Err(ProtoError::Timeout(PEER_TIMEOUT, "waiting for a heartbeat")),
-            Ok(None) => return Err(ProtoError::Closed),
-            Ok(Some(f)) => f?,
+        let next = loop {
+            tokio::select! {
+                biased;
+                next = reader.next() => break next,
+                () = &mut idle => {
+                    let deadline = last_frame + PEER_TIMEOUT;
+                    if Instant::now() >= deadline {
+                        return Err(ProtoError::Timeout(PEER_TIMEOUT, "waiting for a heartbeat"));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            }
+        };
+        last_frame = Instant::now();
+        let frame = match next {
+            None => return Err(ProtoError::Closed),
+            Some(f) => f?,
         };
         // Everything already buffered is answered under one lock of the
         // state and in one write.

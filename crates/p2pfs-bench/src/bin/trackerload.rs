@@ -48,6 +48,7 @@ struct Args {
     secs: f64,
     rates: Vec<f64>,
     rate_secs: f64,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -61,6 +62,7 @@ fn parse_args() -> Result<Args> {
         secs: 10.0,
         rates: Vec::new(),
         rate_secs: 5.0,
+        threads: 1,
     };
     let mut tracker = None;
     let mut secure = None;
@@ -93,9 +95,10 @@ fn parse_args() -> Result<Args> {
                     .collect::<Result<_>>()?;
             }
             "--rate-secs" => a.rate_secs = val()?.parse()?,
+            "--threads" => a.threads = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S] [--rates R1,R2,…] [--rate-secs S]"
+                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S] [--rates R1,R2,…] [--rate-secs S] [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -104,8 +107,8 @@ fn parse_args() -> Result<Args> {
     }
     a.tracker = tracker.context("--tracker or --join is required")?;
     a.security = secure.context("--join TOKEN or --insecure is required")?;
-    if a.conns == 0 || a.peers == 0 || a.depth == 0 {
-        bail!("--peers, --conns and --depth must be positive");
+    if a.conns == 0 || a.peers == 0 || a.depth == 0 || a.threads == 0 {
+        bail!("--peers, --conns, --depth and --threads must be positive");
     }
     if a.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) || a.rate_secs <= 0.0 {
         bail!("--rates and --rate-secs must be positive");
@@ -485,9 +488,24 @@ async fn open_phase(
     }))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let a = parse_args()?;
+    // One thread by default: the generator shares the machine's cores with
+    // the tracker it measures, and a second worker thread mostly added
+    // wake-ups between the two (see BENCHMARKS.md, benchmark 6).
+    let rt = if a.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(a.threads);
+        b
+    }
+    .enable_all()
+    .build()?;
+    rt.block_on(run(a))
+}
+
+async fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let (clients, contents) = fill(&a).await?;
     let fill_secs = t0.elapsed().as_secs_f64();
