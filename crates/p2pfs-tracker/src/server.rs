@@ -169,9 +169,15 @@ async fn session(
             writer.flush().await?;
             return Err(ProtoError::Unexpected("chunk frame"));
         }
-        tokio::time::timeout(CONNECT_TIMEOUT * 2, writer.flush())
-            .await
-            .map_err(|_| ProtoError::Timeout(CONNECT_TIMEOUT * 2, "writing replies"))??;
+        // Replies almost always fit the socket's buffer at once; a timer is
+        // set only when they do not.
+        if let Some(written) = writer.flush().now_or_never() {
+            written?;
+        } else {
+            tokio::time::timeout(CONNECT_TIMEOUT * 2, writer.flush())
+                .await
+                .map_err(|_| ProtoError::Timeout(CONNECT_TIMEOUT * 2, "writing replies"))??;
+        }
         if leave {
             return Ok(());
         }

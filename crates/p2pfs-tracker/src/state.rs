@@ -427,26 +427,28 @@ impl State {
     /// # Errors
     /// Unknown name, or several publishers when `publisher` is `None`.
     pub fn locate(&self, name: &str, publisher: Option<SocketAddr>) -> Result<Message, Refusal> {
-        let mut matches: Vec<(&PeerId, &Publication)> = self
+        let mut found = self
             .publications
             .named(name)
-            .filter(|(_, publ)| publisher.is_none_or(|a| a == publ.publisher_addr))
-            .collect();
-        matches.sort_unstable_by_key(|(_, publ)| publ.publisher_addr);
-        let (_, publ) = match matches.as_slice() {
-            [] => {
+            .filter(|(_, publ)| publisher.is_none_or(|a| a == publ.publisher_addr));
+        // Most names have one publisher: no list is built for them.
+        let publ = match (found.next(), found.next()) {
+            (None, _) => {
                 let why = match publisher {
                     Some(a) => format!("no file named '{name}' published by {a}"),
                     None => format!("no file named '{name}' in the network"),
                 };
                 return Err((ErrorCode::NotFound, why));
             }
-            [one] => *one,
-            many => {
-                let list: Vec<String> = many
-                    .iter()
-                    .map(|(_, p)| p.publisher_addr.to_string())
+            (Some((_, one)), None) => one,
+            (Some(a), Some(b)) => {
+                let mut addrs: Vec<SocketAddr> = [a, b]
+                    .into_iter()
+                    .chain(found)
+                    .map(|(_, p)| p.publisher_addr)
                     .collect();
+                addrs.sort_unstable();
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 return Err((
                     ErrorCode::Ambiguous,
                     format!(

@@ -13,11 +13,14 @@
 //!    `conns × depth` requests always out, the mean latency is that number
 //!    divided by the rate).
 //! 3. **Open loop**, once per rate in `--rates`: fresh `--conns`
-//!    connections send one request at a time on a fixed schedule, together
-//!    `rate` requests/s, for `--rate-secs` seconds after a 1 s warm-up,
-//!    whatever the replies do (as `wrk2` does). Latency is timed from the
-//!    scheduled send, so a tracker that falls behind shows it, and also from
-//!    the write.
+//!    connections send `--batch` requests at a time (one write) on a fixed
+//!    schedule, together `rate` requests/s, for `--rate-secs` seconds after
+//!    a 1 s warm-up, whatever the replies do (as `wrk2` does). Latency is
+//!    timed from the scheduled send, so a tracker that falls behind shows
+//!    it, and also from the write. A batch stands for a peer that sends its
+//!    updates together (a location and the chunks it verified since).
+//!
+//! The generator runs on `--threads` threads (default 1).
 //!
 //! Prints one JSON object: requests/s, p50/p99/max latency in ms, errors,
 //! and `open`: one object per rate.
@@ -49,6 +52,7 @@ struct Args {
     rates: Vec<f64>,
     rate_secs: f64,
     threads: usize,
+    batch: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -63,6 +67,7 @@ fn parse_args() -> Result<Args> {
         rates: Vec::new(),
         rate_secs: 5.0,
         threads: 1,
+        batch: 1,
     };
     let mut tracker = None;
     let mut secure = None;
@@ -96,9 +101,10 @@ fn parse_args() -> Result<Args> {
             }
             "--rate-secs" => a.rate_secs = val()?.parse()?,
             "--threads" => a.threads = val()?.parse()?,
+            "--batch" => a.batch = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S] [--rates R1,R2,…] [--rate-secs S] [--threads N]"
+                    "usage: trackerload (--join TOKEN | --insecure --tracker IP:PORT) [--peers N] [--files N] [--conns N] [--depth N] [--secs S] [--rates R1,R2,…] [--rate-secs S] [--batch N] [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -107,8 +113,8 @@ fn parse_args() -> Result<Args> {
     }
     a.tracker = tracker.context("--tracker or --join is required")?;
     a.security = secure.context("--join TOKEN or --insecure is required")?;
-    if a.conns == 0 || a.peers == 0 || a.depth == 0 || a.threads == 0 {
-        bail!("--peers, --conns, --depth and --threads must be positive");
+    if a.conns == 0 || a.peers == 0 || a.depth == 0 || a.threads == 0 || a.batch == 0 {
+        bail!("--peers, --conns, --depth, --batch and --threads must be positive");
     }
     if a.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) || a.rate_secs <= 0.0 {
         bail!("--rates and --rate-secs must be positive");
@@ -359,8 +365,8 @@ async fn closed_loop(
     Ok(t)
 }
 
-/// Open loop on load connection `i`: one request every `interval` from a
-/// random phase, until `end`, whatever the replies do. Replies to requests
+/// Open loop on load connection `i`: `--batch` requests in one write every
+/// `interval` from a random phase, until `end`, whatever the replies do. Replies to requests
 /// scheduled from `measure_from` on are timed from their schedule and from
 /// their write. Waits at most `DRAIN` after `end` for the last replies.
 async fn open_loop(
@@ -406,9 +412,11 @@ async fn open_loop(
                 let now = Instant::now();
                 let mut due = Vec::new();
                 while next <= now && next < end {
-                    n = n.wrapping_add(1);
-                    writer.queue_control(n, &request(n, &a, &contents))?;
-                    due.push(next);
+                    for _ in 0..a.batch {
+                        n = n.wrapping_add(1);
+                        writer.queue_control(n, &request(n, &a, &contents))?;
+                        due.push(next);
+                    }
                     next += interval;
                 }
                 writer.flush().await?;
@@ -454,7 +462,7 @@ async fn open_phase(
     first_peer: usize,
     rate: f64,
 ) -> Result<serde_json::Value> {
-    let interval = Duration::from_secs_f64(a.conns as f64 / rate);
+    let interval = Duration::from_secs_f64((a.conns * a.batch) as f64 / rate);
     // Connections first (they take a while), then everyone starts together.
     let start = Instant::now() + Duration::from_millis(500 + a.conns as u64 * 2);
     let warmup = Duration::from_secs(1);
@@ -477,6 +485,7 @@ async fn open_phase(
     let measured = (end - measure_from).as_secs_f64();
     Ok(serde_json::json!({
         "rate": rate,
+        "batch": a.batch,
         "answered_rps": t.latencies_us.len() as f64 / measured,
         "p50_ms": percentile(&t.latencies_us, 0.50),
         "p99_ms": percentile(&t.latencies_us, 0.99),
