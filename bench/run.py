@@ -505,10 +505,10 @@ def bench_tracker(ctx):
     those connections keep requests in flight (file location and chunk
     register, alternately) for --tracker-secs: the most requests/s, with
     latency that is mostly queueing. Then, per rate in --tracker-rates, fresh
-    connections send one request at a time on a fixed schedule (open loop)
-    for --tracker-rate-secs: latency at that offered load, timed from the
-    schedule. Tracker RSS. The load generator shares the 2 cores with the
-    tracker."""
+    connections send --tracker-batch requests at a time on a fixed schedule
+    (open loop) for --tracker-rate-secs: latency at that offered load, timed
+    from the schedule. Tracker RSS. The load generator (one thread) shares
+    the 2 cores with the tracker."""
     a = ctx.args
     if a.quick:
         peers, files, conns, secs, rates, rate_secs = 200, 2000, 50, 2, [2000], 1
@@ -528,7 +528,8 @@ def bench_tracker(ctx):
         try:
             out = subprocess.run([load, "--join", tracker.join, "--peers", str(peers),
                                   "--files", str(files), "--conns", str(conns),
-                                  "--depth", str(a.tracker_depth), "--secs", str(secs)]
+                                  "--depth", str(a.tracker_depth), "--secs", str(secs),
+                                  "--batch", str(a.tracker_batch)]
                                  + (["--rates", ",".join(map(str, rates)),
                                      "--rate-secs", str(rate_secs)] if rates else []),
                                  capture_output=True, text=True, env=ctx.env, timeout=1800)
@@ -557,7 +558,8 @@ def bench_tracker(ctx):
     res = {k: H.summary(v) for k, v in rec.items()}
     res.update({"peers": peers, "files": files, "conns": conns, "secs": secs,
                 "depth": a.tracker_depth, "errors": errors, "rate_secs": rate_secs,
-                "open": [dict({k: H.summary(v) for k, v in open_rec[rate].items()}, rate=rate)
+                "open": [dict({k: H.summary(v) for k, v in open_rec[rate].items()}, rate=rate,
+                              batch=a.tracker_batch)
                          for rate in rates]})
     return res
 
@@ -711,13 +713,15 @@ def table(results):
         row(b, "p50 latency, ms", fs(r["p50_ms"]))
         row(b, "p99 latency, ms (queueing: conns × depth requests always out)", fs(r["p99_ms"]))
         for o in r.get("open", []):
-            ob = (f"6. tracker, open loop: {r['conns']:,} connections, one request at a time, "
+            per = ("one request" if o.get("batch", 1) == 1
+                   else f"{o['batch']} requests")
+            ob = (f"6. tracker, open loop: {r['conns']:,} connections, {per} at a time, "
                   f"{o['rate']:,} req/s offered")
             row(ob, "answered/s", fs(o["answered_rps"]))
             row(ob, "p50 latency from the schedule, ms", fs(o["p50_ms"]))
             ok = met(o["p99_ms"], lambda v: v < 5)
-            if ok == "yes" and o["rate"] < 200_000:
-                ok = "below 200,000 req/s"
+            if o["rate"] < 200_000:
+                ok = "(the goal is at 200,000 req/s)"
             row(ob, "**p99 latency from the schedule, ms**", fs(o["p99_ms"]),
                 "< 5 at 200,000 req/s", ok)
             row(ob, "p99 latency from the write, ms", fs(o["service_p99_ms"]))
@@ -770,7 +774,9 @@ def main():
     ap.add_argument("--tracker-conns", type=int, default=1_000)
     ap.add_argument("--tracker-depth", type=int, default=4, help="requests in flight per connection")
     ap.add_argument("--tracker-secs", type=float, default=10)
-    ap.add_argument("--tracker-rates", default="10000,20000,40000",
+    ap.add_argument("--tracker-batch", type=int, default=4,
+                    help="open loop: requests per write (a peer's updates sent together)")
+    ap.add_argument("--tracker-rates", default="50000,100000,150000,200000",
                     help="open-loop offered loads, requests/s, comma-separated ('' for none)")
     ap.add_argument("--tracker-rate-secs", type=float, default=5)
     ap.add_argument("--results", default=None,
