@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -60,10 +60,21 @@ pub struct Holding {
     /// Bumped whenever a chunk becomes held (downloaders subscribed with
     /// `PeerRequestHave` are told).
     changes: tokio::sync::watch::Sender<u64>,
-    /// False once the file's filesystem refused a read that must not wait
-    /// (tmpfs does): no more zeroed buffers for reads bound to fail.
-    cached_reads: AtomicBool,
+    /// How a chunk may be read on an async thread: [`READS_NOWAIT`] until
+    /// the file's filesystem refuses a read that must not wait (tmpfs
+    /// does), then [`READS_IN_MEMORY`] if the file lives in memory anyway,
+    /// else [`READS_THREADED`] (no more zeroed buffers for reads bound to
+    /// fail).
+    cached_reads: AtomicU8,
 }
+
+/// Reads that must not wait (`preadv2` with `RWF_NOWAIT`).
+const READS_NOWAIT: u8 = 0;
+/// Plain reads: the file is on a filesystem in memory (tmpfs, ramfs), so a
+/// read never waits for a disk.
+const READS_IN_MEMORY: u8 = 1;
+/// Reads only on a reader thread.
+const READS_THREADED: u8 = 2;
 
 impl Holding {
     /// A holding of the open `file` at `path`.
@@ -85,7 +96,7 @@ impl Holding {
             spread: Mutex::new(None),
             served_incomplete: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
-            cached_reads: AtomicBool::new(true),
+            cached_reads: AtomicU8::new(READS_NOWAIT),
         }
     }
 
@@ -214,18 +225,32 @@ impl Holding {
     /// disk (`preadv2` with `RWF_NOWAIT`). `None`: read it with
     /// [`Holding::read_chunk`] on a thread that may block; errors are
     /// reported there.
+    /// On a filesystem in memory (tmpfs, which refuses `RWF_NOWAIT`), a
+    /// plain read: it never waits for a disk either.
     pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<Vec<u8>> {
         let (offset, len) = self.manifest.chunk_range(index)?;
         let len = len as usize;
-        if len > max || !self.cached_reads.load(Ordering::Relaxed) {
+        if len > max {
             return None;
         }
-        match cached_read(&self.file, offset, len) {
-            Ok(read) => read,
-            Err(()) => {
-                self.cached_reads.store(false, Ordering::Relaxed);
-                None
-            }
+        match self.cached_reads.load(Ordering::Relaxed) {
+            READS_NOWAIT => match cached_read(&self.file, offset, len) {
+                Ok(read) => read,
+                Err(()) => {
+                    let in_memory = in_memory_fs(&self.file);
+                    self.cached_reads.store(
+                        if in_memory {
+                            READS_IN_MEMORY
+                        } else {
+                            READS_THREADED
+                        },
+                        Ordering::Relaxed,
+                    );
+                    in_memory.then(|| self.read_chunk(index).ok()).flatten()
+                }
+            },
+            READS_IN_MEMORY => self.read_chunk(index).ok(),
+            _ => None,
         }
     }
 
@@ -253,6 +278,25 @@ fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Result<Option<V
         Err(Errno::OPNOTSUPP | Errno::INVAL) => Err(()),
         _ => Ok(None),
     }
+}
+
+/// Whether `file` lives on a filesystem kept in memory (tmpfs, ramfs).
+#[cfg(target_os = "linux")]
+pub(crate) fn in_memory_fs(file: &std::fs::File) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    rustix::fs::fstatfs(file).is_ok_and(|st| {
+        // `f_type`'s width differs between targets; the magic numbers are
+        // 32-bit.
+        #[allow(clippy::unnecessary_cast)]
+        let kind = (st.f_type as u64) & 0xffff_ffff;
+        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn in_memory_fs(_file: &std::fs::File) -> bool {
+    false
 }
 
 #[cfg(not(target_os = "linux"))]
