@@ -830,7 +830,8 @@ def main():
         with open(args.merge) as f:
             prior = json.load(f)
         for b in BENCHES:
-            if b not in selected and b in prior:
+            # Kept: benchmarks not run now, and those that failed now.
+            if b not in results and b in prior:
                 results[b] = prior[b]
                 results["runs"][b] = prior.get("runs", {}).get(b) or {
                     k: prior["machine"][k] for k in ("date", "commit", "worktree")}

@@ -225,6 +225,7 @@ impl Holding {
     /// disk (`preadv2` with `RWF_NOWAIT`). `None`: read it with
     /// [`Holding::read_chunk`] on a thread that may block; errors are
     /// reported there.
+    ///
     /// On a filesystem in memory (tmpfs, which refuses `RWF_NOWAIT`), a
     /// plain read: it never waits for a disk either.
     pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<Vec<u8>> {
