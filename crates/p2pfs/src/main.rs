@@ -257,8 +257,8 @@ fn main() -> ExitCode {
         // worker's local queue into the global one. Tokio's default looks
         // there rarely when tasks are short, and those connections waited:
         // checking every 15 polls cut the tracker's p99 under 200,000
-        // requests/s offered from 87-95 ms to 23-27 ms (BENCHMARKS.md,
-        // benchmark 6).
+        // requests/s offered from 50 to 13 ms (medians of 5 runs;
+        // BENCHMARKS.md, benchmark 6).
         builder.global_queue_interval(TRACKER_GLOBAL_QUEUE_INTERVAL);
     }
     let runtime = match builder.enable_all().build() {
