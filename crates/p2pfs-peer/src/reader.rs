@@ -5,9 +5,9 @@
 //! on the async thread that asks for it ([`INLINE_MAX`]): `preadv2` with
 //! `RWF_NOWAIT` never waits for the disk, and it saves a hand-off to a
 //! thread and back. So is a small chunk of a file on tmpfs, which refuses
-//! `RWF_NOWAIT` but never waits for a disk either. Anything else is blocking IO, so it runs off the async
-//! threads; a small fixed
-//! set of threads takes jobs from one queue instead of a blocking-pool task
+//! `RWF_NOWAIT` but never waits for a disk either. Anything else is
+//! blocking IO, so it runs off the async threads; a small fixed set of
+//! threads takes jobs from one queue instead of a blocking-pool task
 //! per chunk, so that under load a reader finds the next job without being
 //! woken (a `strace` of a 1 GiB fetch counted about five futex calls per
 //! chunk served with a blocking-pool task each). The queue is bounded by

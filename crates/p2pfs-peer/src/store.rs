@@ -247,7 +247,11 @@ impl Holding {
                         },
                         Ordering::Relaxed,
                     );
-                    in_memory.then(|| self.read_chunk(index).ok()).flatten()
+                    if in_memory {
+                        self.read_chunk(index).ok()
+                    } else {
+                        None
+                    }
                 }
             },
             READS_IN_MEMORY => self.read_chunk(index).ok(),
