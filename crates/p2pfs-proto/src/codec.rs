@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::limits::{CHUNK_HEADER_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN};
-use crate::message::Message;
+use crate::message::{Message, ReplyRef};
 use crate::types::ContentId;
 use crate::ProtoError;
 
@@ -118,23 +118,86 @@ fn decode_body(kind: u8, body: &mut BytesMut) -> Result<Frame, ProtoError> {
     }
 }
 
-/// Appends a control frame to `dst`.
+/// What a control frame carries: a [`Message`], or a [`ReplyRef`] that
+/// encodes as one.
+pub trait Control: sealed::Sealed {}
+impl Control for Message {}
+impl Control for ReplyRef<'_> {}
+
+mod sealed {
+    use bytes::BytesMut;
+
+    use super::Append;
+    use crate::message::{Message, ReplyRef};
+
+    pub trait Sealed {
+        /// Appends the postcard encoding.
+        fn encode_body(&self, dst: &mut BytesMut) -> postcard::Result<()>;
+    }
+
+    impl Sealed for Message {
+        fn encode_body(&self, dst: &mut BytesMut) -> postcard::Result<()> {
+            postcard::serialize_with_flavor(self, Append(dst))
+        }
+    }
+
+    impl Sealed for ReplyRef<'_> {
+        fn encode_body(&self, dst: &mut BytesMut) -> postcard::Result<()> {
+            self.encode(dst);
+            Ok(())
+        }
+    }
+}
+
+/// Postcard output appended straight to a frame buffer: no body is built
+/// apart and copied in.
+struct Append<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends a control frame to `dst`; on an error `dst` is left as it was.
 ///
 /// # Errors
 /// [`ProtoError::FrameTooLarge`] when the message exceeds the control limit.
-pub fn encode_control(id: u32, msg: &Message, dst: &mut BytesMut) -> Result<(), ProtoError> {
-    let body = postcard::to_stdvec(msg).map_err(ProtoError::BadMessage)?;
-    if body.len() + 4 > MAX_CONTROL_LEN {
+pub fn encode_control<M: Control + ?Sized>(
+    id: u32,
+    msg: &M,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    let start = dst.len();
+    dst.reserve(9 + 64);
+    dst.put_u32(0); // the length, filled in below
+    dst.put_u8(KIND_CONTROL);
+    dst.put_u32(id);
+    if let Err(e) = msg.encode_body(dst) {
+        dst.truncate(start);
+        return Err(ProtoError::BadMessage(e));
+    }
+    let body = dst.len() - start - 9;
+    if body + 4 > MAX_CONTROL_LEN {
+        dst.truncate(start);
         return Err(ProtoError::FrameTooLarge {
-            len: body.len() + 4,
+            len: body + 4,
             max: MAX_CONTROL_LEN,
         });
     }
-    dst.reserve(9 + body.len());
-    dst.put_u32((1 + 4 + body.len()) as u32);
-    dst.put_u8(KIND_CONTROL);
-    dst.put_u32(id);
-    dst.put_slice(&body);
+    dst[start..start + 4].copy_from_slice(&((1 + 4 + body) as u32).to_be_bytes());
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{chunk_header, encode_control, ControlCodec, Frame, FrameCodec};
+use crate::codec::{chunk_header, encode_control, Control, ControlCodec, Frame, FrameCodec};
 use crate::limits::{CONNECT_TIMEOUT, HELLO_LEN, MAGIC, PROTOCOL_VERSION, REQUEST_TIMEOUT};
 use crate::message::Message;
 use crate::secure::{self, ReadHalf, Security, Stream, WriteHalf};
@@ -228,7 +228,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ///
     /// # Errors
     /// Oversize messages.
-    pub fn queue_control(&mut self, id: u32, msg: &Message) -> Result<(), ProtoError> {
+    pub fn queue_control<M: Control + ?Sized>(
+        &mut self,
+        id: u32,
+        msg: &M,
+    ) -> Result<(), ProtoError> {
         encode_control(id, msg, &mut self.buf)
     }
 

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{MAX_LIST_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_TEXT_LEN};
@@ -100,6 +101,132 @@ pub struct Holder {
     pub addr: SocketAddr,
     /// Which chunks it holds.
     pub have: Bitfield,
+}
+
+/// A [`Holder`] whose bitfield is borrowed (from the tracker's state), for
+/// a [`ReplyRef`].
+#[derive(Clone, Copy, Debug)]
+pub struct HolderRef<'a> {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Where it listens for chunk requests.
+    pub addr: SocketAddr,
+    /// Which chunks it holds.
+    pub have: &'a Bitfield,
+}
+
+impl HolderRef<'_> {
+    /// An owned copy.
+    #[must_use]
+    pub fn to_holder(&self) -> Holder {
+        Holder {
+            peer_id: self.peer_id,
+            addr: self.addr,
+            have: self.have.clone(),
+        }
+    }
+}
+
+/// A reply built from borrowed parts, so that the tracker encodes a
+/// location reply straight from its state instead of cloning the manifest
+/// and every holder's bitfield into a [`Message`] first. It encodes byte
+/// for byte as the [`Message`] variant of the same name (a property test
+/// in `tests/codec.rs` pins that), and decodes as that variant.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplyRef<'a> {
+    /// Encodes as [`Message::ReplyFileLocation`].
+    FileLocation {
+        /// Published name.
+        name: &'a str,
+        /// Publisher's address.
+        publisher: SocketAddr,
+        /// Content id.
+        content_id: ContentId,
+        /// The manifest.
+        manifest: &'a Manifest,
+        /// Online holders, publisher included when online.
+        holders: &'a [HolderRef<'a>],
+    },
+    /// Encodes as [`Message::ReplyHolders`].
+    Holders {
+        /// Online holders.
+        holders: &'a [HolderRef<'a>],
+    },
+}
+
+/// Positions of the [`Message`] variants that [`ReplyRef`] stands for.
+const REPLY_FILE_LOCATION: u32 = 13;
+const REPLY_HOLDERS: u32 = 23;
+
+impl ReplyRef<'_> {
+    /// Appends the postcard encoding of the [`Message`] this stands for.
+    ///
+    /// Written by hand: serde hands postcard every byte of an id, hash or
+    /// bitfield one at a time, and that loop was the largest part of the
+    /// tracker's own CPU time under load (BENCHMARKS.md, benchmark 6).
+    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            ReplyRef::FileLocation {
+                name,
+                publisher,
+                content_id,
+                manifest,
+                holders,
+            } => {
+                put_varint(dst, REPLY_FILE_LOCATION.into());
+                put_varint(dst, name.len() as u64);
+                dst.extend_from_slice(name.as_bytes());
+                put_addr(dst, publisher);
+                dst.extend_from_slice(&content_id.0);
+                put_varint(dst, manifest.size);
+                put_varint(dst, manifest.chunk_size.into());
+                put_varint(dst, manifest.hashes.len() as u64);
+                dst.extend_from_slice(manifest.hashes.as_flattened());
+                put_holders(dst, holders);
+            }
+            ReplyRef::Holders { holders } => {
+                put_varint(dst, REPLY_HOLDERS.into());
+                put_holders(dst, holders);
+            }
+        }
+    }
+}
+
+/// Postcard's unsigned varint (LEB128) of any unsigned integer.
+fn put_varint(dst: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        dst.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    dst.put_u8(v as u8);
+}
+
+/// Serde's non-human-readable `SocketAddr`: a variant index, the octets
+/// and the port (postcard drops an IPv6 address's flow info and scope).
+fn put_addr(dst: &mut BytesMut, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            dst.put_u8(0);
+            dst.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            dst.put_u8(1);
+            dst.extend_from_slice(&a.ip().octets());
+        }
+    }
+    put_varint(dst, addr.port().into());
+}
+
+fn put_holders(dst: &mut BytesMut, holders: &[HolderRef<'_>]) {
+    put_varint(dst, holders.len() as u64);
+    for h in holders {
+        dst.extend_from_slice(&h.peer_id.0);
+        put_addr(dst, &h.addr);
+        put_varint(dst, h.have.len().into());
+        let bits = h.have.as_bytes();
+        put_varint(dst, bits.len() as u64);
+        dst.extend_from_slice(bits);
+    }
 }
 
 /// One online peer, as `list_peers` shows it.

@@ -236,6 +236,12 @@ impl Bitfield {
         self.len
     }
 
+    /// The bits as stored: bit `i` in byte `i / 8`, most significant first.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
     /// True when it describes zero chunks.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -6,13 +6,18 @@ use std::net::SocketAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 use p2pfs_proto::codec::{encode_control, KIND_CHUNK, KIND_CONTROL};
 use p2pfs_proto::limits::{MAX_FRAME_LEN, MIN_CHUNK_SIZE};
-use p2pfs_proto::message::{ChunkInfo, FileInfo, Holder, PeerInfo, PublishedInfo};
+use p2pfs_proto::message::{
+    ChunkInfo, FileInfo, Holder, HolderRef, PeerInfo, PublishedInfo, ReplyRef,
+};
 use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Frame, FrameCodec, Manifest, Message, PeerId};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
-    (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -234,6 +239,56 @@ proptest! {
     }
 
     #[test]
+    fn borrowed_replies_encode_as_their_messages(
+        id in any::<u32>(),
+        name in name(),
+        publisher in addr(),
+        content_id in cid(),
+        manifest in manifest(),
+        holders in proptest::collection::vec(holder(), 0..6),
+        prefix in proptest::collection::vec(any::<u8>(), 0..5),
+    ) {
+        let refs: Vec<HolderRef<'_>> = holders
+            .iter()
+            .map(|h| HolderRef { peer_id: h.peer_id, addr: h.addr, have: &h.have })
+            .collect();
+        let cases = [
+            (
+                ReplyRef::FileLocation {
+                    name: &name,
+                    publisher,
+                    content_id,
+                    manifest: &manifest,
+                    holders: &refs,
+                },
+                Message::ReplyFileLocation {
+                    name: name.clone(),
+                    publisher,
+                    content_id,
+                    manifest: manifest.clone(),
+                    holders: holders.clone(),
+                },
+            ),
+            (
+                ReplyRef::Holders { holders: &refs },
+                Message::ReplyHolders { holders: holders.clone() },
+            ),
+        ];
+        for (borrowed, owned) in cases {
+            // Appended after whatever the buffer already holds.
+            let mut a = BytesMut::from(&prefix[..]);
+            let mut b = BytesMut::from(&prefix[..]);
+            encode_control(id, &borrowed, &mut a).unwrap();
+            encode_control(id, &owned, &mut b).unwrap();
+            prop_assert_eq!(&a[..], &b[..]);
+            prop_assert_eq!(
+                decode_all(&a[prefix.len()..]).unwrap(),
+                vec![Frame::Control { id, msg: owned }]
+            );
+        }
+    }
+
+    #[test]
     fn every_strict_prefix_needs_more(msg in message()) {
         let mut full = BytesMut::new();
         encode_control(7, &msg, &mut full).unwrap();
@@ -322,6 +377,20 @@ fn golden_bytes_pin_the_wire_format() {
         &[3, 1, 0xe0],
         "bitfield: len 3, one byte, bits e0"
     );
+}
+
+#[test]
+fn an_oversize_control_message_leaves_the_buffer_as_it_was() {
+    let mut buf = BytesMut::from(&b"queued"[..]);
+    let msg = Message::RequestChunkRegister {
+        content_id: ContentId([1; 32]),
+        indexes: (0..2_000_000).collect(),
+    };
+    assert!(matches!(
+        encode_control(1, &msg, &mut buf),
+        Err(p2pfs_proto::ProtoError::FrameTooLarge { .. })
+    ));
+    assert_eq!(&buf[..], b"queued");
 }
 
 #[test]

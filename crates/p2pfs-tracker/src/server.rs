@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits};
+use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits, FrameWriter};
 use p2pfs_proto::limits::{CONNECT_TIMEOUT, PEER_TIMEOUT};
+use p2pfs_proto::message::{HolderRef, ReplyRef};
 use p2pfs_proto::{ErrorCode, Frame, Message, PeerId, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::handle::Shared;
-use crate::state::State;
+use crate::state::{Located, State};
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
@@ -144,7 +145,7 @@ async fn session(
                 leave |= matches!(msg, Message::Leave);
                 let (reply, c) = handle_request(&mut state, remote, conn_id, registered, msg);
                 changed |= c;
-                if let Err(e) = writer.queue_control(id, &reply) {
+                if let Err(e) = reply.queue(id, &mut writer) {
                     failed = Some(e);
                     break;
                 }
@@ -188,14 +189,62 @@ fn refusal((code, message): (ErrorCode, String)) -> Message {
     Message::error(code, message)
 }
 
+/// A reply to one request.
+enum Reply<'s> {
+    Owned(Message),
+    /// Encoded from the state while it is locked, without copies.
+    Located {
+        name: String,
+        found: Located<'s>,
+    },
+    Holders(Vec<HolderRef<'s>>),
+}
+
+impl Reply<'_> {
+    fn queue<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        id: u32,
+        writer: &mut FrameWriter<W>,
+    ) -> Result<(), ProtoError> {
+        match self {
+            Reply::Owned(msg) => writer.queue_control(id, msg),
+            Reply::Located { name, found } => writer.queue_control(
+                id,
+                &ReplyRef::FileLocation {
+                    name,
+                    publisher: found.publisher,
+                    content_id: found.content_id,
+                    manifest: found.manifest,
+                    holders: &found.holders,
+                },
+            ),
+            Reply::Holders(holders) => writer.queue_control(id, &ReplyRef::Holders { holders }),
+        }
+    }
+}
+
 /// Answers one request; the flag says whether the lists changed.
-fn handle_request(
-    state: &mut State,
+fn handle_request<'s>(
+    state: &'s mut State,
     remote: SocketAddr,
     conn_id: u64,
     registered: &mut Option<PeerId>,
     msg: Message,
-) -> (Message, bool) {
+) -> (Reply<'s>, bool) {
+    // The most frequent requests: answered from borrowed state.
+    let msg = match msg {
+        Message::RequestFileLocation { name, publisher } => {
+            let reply = match state.locate(&name, publisher) {
+                Ok(found) => Reply::Located { name, found },
+                Err(r) => Reply::Owned(refusal(r)),
+            };
+            return (reply, false);
+        }
+        Message::RequestHolders { content_id } => {
+            return (Reply::Holders(state.holders(&content_id)), false);
+        }
+        other => other,
+    };
     let mut changed = true;
     let reply = match msg {
         Message::RequestRegister {
@@ -280,12 +329,6 @@ fn handle_request(
                     files: state.files(),
                 },
                 Message::RequestDiscover { addr } => state.discover(addr).unwrap_or_else(refusal),
-                Message::RequestFileLocation { name, publisher } => {
-                    state.locate(&name, publisher).unwrap_or_else(refusal)
-                }
-                Message::RequestHolders { content_id } => Message::ReplyHolders {
-                    holders: state.holders(&content_id),
-                },
                 Message::RequestPeerList => Message::ReplyPeerList {
                     peers: state.peers(),
                 },
@@ -300,5 +343,5 @@ fn handle_request(
             }
         }
     };
-    (reply, changed)
+    (Reply::Owned(reply), changed)
 }

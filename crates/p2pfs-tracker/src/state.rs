@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, Holder, PeerInfo, PublishedInfo};
+use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, HolderRef, PeerInfo, PublishedInfo};
 use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId};
 
 /// Hash maps with foldhash, seeded per process: the keys are ids, hashes
@@ -91,6 +91,20 @@ struct Content {
     holders: HashMap<PeerId, Bitfield>,
     /// Its publications (index of `State::publications`).
     names: BTreeSet<(String, PeerId)>,
+}
+
+/// A published name's content, borrowed from the [`State`]: the parts of
+/// a location reply (see [`p2pfs_proto::message::ReplyRef`]).
+#[derive(Debug)]
+pub struct Located<'s> {
+    /// The publisher's address.
+    pub publisher: SocketAddr,
+    /// The content published under the name.
+    pub content_id: ContentId,
+    /// Its manifest.
+    pub manifest: &'s Manifest,
+    /// Its online holders, by address.
+    pub holders: Vec<HolderRef<'s>>,
 }
 
 /// Tracker state. See the module docs. Besides the maps themselves, it keeps
@@ -403,15 +417,17 @@ impl State {
         Ok(())
     }
 
-    fn holders_of(&self, content: &Content) -> Vec<Holder> {
+    fn holders_of<'s>(&'s self, content: &'s Content) -> Vec<HolderRef<'s>> {
         // Sized up front: a location reply is built for every request.
+        // Bitfields are borrowed, not cloned: the reply is encoded from
+        // them while the state is locked.
         let mut holders = Vec::with_capacity(content.holders.len());
         holders.extend(content.holders.iter().filter_map(|(id, have)| {
             let peer = self.peers.get(id)?;
-            Some(Holder {
+            Some(HolderRef {
                 peer_id: *id,
                 addr: peer.addr,
-                have: have.clone(),
+                have,
             })
         }));
         // Addresses are unique among online peers, so an unstable sort
@@ -424,7 +440,11 @@ impl State {
     ///
     /// # Errors
     /// Unknown name, or several publishers when `publisher` is `None`.
-    pub fn locate(&self, name: &str, publisher: Option<SocketAddr>) -> Result<Message, Refusal> {
+    pub fn locate(
+        &self,
+        name: &str,
+        publisher: Option<SocketAddr>,
+    ) -> Result<Located<'_>, Refusal> {
         let mut found = self
             .publications
             .named(name)
@@ -462,17 +482,16 @@ impl State {
                 "publication without content".to_string(),
             )
         })?;
-        Ok(Message::ReplyFileLocation {
-            name: name.to_string(),
+        Ok(Located {
             publisher: publ.publisher_addr,
             content_id: publ.content_id,
-            manifest: (*content.manifest).clone(),
+            manifest: &content.manifest,
             holders: self.holders_of(content),
         })
     }
 
     /// Online holders of a content (empty when unknown).
-    pub fn holders(&self, content_id: &ContentId) -> Vec<Holder> {
+    pub fn holders(&self, content_id: &ContentId) -> Vec<HolderRef<'_>> {
         self.contents
             .get(content_id)
             .map(|c| self.holders_of(c))
@@ -578,7 +597,11 @@ impl State {
                     .collect(),
                 content_id: *cid,
                 chunks: c.manifest.chunk_count(),
-                holders: self.holders_of(c),
+                holders: self
+                    .holders_of(c)
+                    .iter()
+                    .map(HolderRef::to_holder)
+                    .collect(),
             })
             .collect();
         out.sort_by(|a, b| a.names.first().cmp(&b.names.first()));
@@ -706,11 +729,9 @@ mod tests {
         s.publish(b, "f".into(), "/y/f".into(), manifest(1, 4))
             .unwrap();
         assert_eq!(s.locate("f", None).unwrap_err().0, ErrorCode::Ambiguous);
-        let Message::ReplyFileLocation { holders, .. } = s.locate("f", Some(addr(1))).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(holders.len(), 2, "same content, one swarm");
+        let found = s.locate("f", Some(addr(1))).unwrap();
+        assert_eq!(found.publisher, addr(1));
+        assert_eq!(found.holders.len(), 2, "same content, one swarm");
         assert_eq!(s.locate("nope", None).unwrap_err().0, ErrorCode::NotFound);
         s.chunk_register(b, cid, &[0]).unwrap();
         assert_eq!(
