@@ -12,10 +12,14 @@
 //!
 //! A request of connection `c` for chunk `x` is
 //! - **served** if `x` was last handed to `c` itself (asked again);
-//! - **deferred without suggestions** if `x` was handed to another
-//!   connection and is still on its way there (for at most [`HOLD_BACK`]),
-//!   or reached it less than [`SPREAD_GRACE`] ago: that downloader is about
-//!   to pass it on;
+//! - **deferred** if `x` was handed to another connection and is still on
+//!   its way there (for at most [`HOLD_BACK`]), or reached it less than
+//!   [`SPREAD_GRACE`] ago: that downloader is about to pass it on. The
+//!   least-handed chunks not handed out lately go with the deferral as
+//!   suggestions: without them, near the end of the first round most
+//!   requests were for chunks on their way elsewhere, and the seeder's
+//!   upload sat half idle for tenths of a second while the requesters
+//!   guessed again (a trace of the seeder's link at N = 32);
 //! - **served** if `x` is among the chunks handed out least often (in the
 //!   first round: never);
 //! - **deferred with suggestions** of least-handed chunks if `x` was handed
@@ -143,7 +147,7 @@ impl Spread {
         if let Some(h) = other {
             let on_its_way = !h.written && since(h) < HOLD_BACK;
             if on_its_way || (h.written && since(h) < SPREAD_GRACE) {
-                return Decision::Defer(Vec::new());
+                return Decision::Defer(self.suggest(now));
             }
         }
         if !asked_again
@@ -253,7 +257,12 @@ mod tests {
         let mut s = Spread::new(10);
         let t = Instant::now();
         assert_eq!(s.decide(1, 3, t, false), Decision::Serve);
-        assert_eq!(s.decide(2, 3, t, false), Decision::Defer(Vec::new()));
+        // Deferred with the chunks nobody has, so that the second
+        // connection's next request keeps the seeder's upload busy.
+        assert_eq!(
+            sorted(s.decide(2, 3, t, false)),
+            vec![0, 1, 2, 4, 5, 6, 7, 8, 9]
+        );
         s.written(1, 3, t);
         let later = t + SPREAD_GRACE;
         assert_eq!(
@@ -380,7 +389,7 @@ mod tests {
         let mut s = Spread::new(3);
         let t = Instant::now();
         assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
-        assert_eq!(s.decide(2, 0, t, false), Decision::Defer(Vec::new()));
+        assert_eq!(sorted(s.decide(2, 0, t, false)), vec![1, 2]);
         s.unhand(1, 0);
         assert_eq!(s.decide(2, 0, t, false), Decision::Serve);
         // An unwritten hand-out does not hold the chunk back for ever (once
