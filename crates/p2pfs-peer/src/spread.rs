@@ -12,14 +12,10 @@
 //!
 //! A request of connection `c` for chunk `x` is
 //! - **served** if `x` was last handed to `c` itself (asked again);
-//! - **deferred** if `x` was handed to another connection and is still on
-//!   its way there (for at most [`HOLD_BACK`]), or reached it less than
-//!   [`SPREAD_GRACE`] ago: that downloader is about to pass it on. The
-//!   least-handed chunks not handed out lately go with the deferral as
-//!   suggestions: without them, near the end of the first round most
-//!   requests were for chunks on their way elsewhere, and the seeder's
-//!   upload sat half idle for tenths of a second while the requesters
-//!   guessed again (a trace of the seeder's link at N = 32);
+//! - **deferred without suggestions** if `x` was handed to another
+//!   connection and is still on its way there (for at most [`HOLD_BACK`]),
+//!   or reached it less than [`SPREAD_GRACE`] ago: that downloader is about
+//!   to pass it on;
 //! - **served** if `x` is among the chunks handed out least often (in the
 //!   first round: never);
 //! - **deferred with suggestions** of least-handed chunks if `x` was handed
@@ -147,7 +143,7 @@ impl Spread {
         if let Some(h) = other {
             let on_its_way = !h.written && since(h) < HOLD_BACK;
             if on_its_way || (h.written && since(h) < SPREAD_GRACE) {
-                return Decision::Defer(self.suggest(now));
+                return Decision::Defer(Vec::new());
             }
         }
         if !asked_again
@@ -257,12 +253,7 @@ mod tests {
         let mut s = Spread::new(10);
         let t = Instant::now();
         assert_eq!(s.decide(1, 3, t, false), Decision::Serve);
-        // Deferred with the chunks nobody has, so that the second
-        // connection's next request keeps the seeder's upload busy.
-        assert_eq!(
-            sorted(s.decide(2, 3, t, false)),
-            vec![0, 1, 2, 4, 5, 6, 7, 8, 9]
-        );
+        assert_eq!(s.decide(2, 3, t, false), Decision::Defer(Vec::new()));
         s.written(1, 3, t);
         let later = t + SPREAD_GRACE;
         assert_eq!(
@@ -389,7 +380,7 @@ mod tests {
         let mut s = Spread::new(3);
         let t = Instant::now();
         assert_eq!(s.decide(1, 0, t, false), Decision::Serve);
-        assert_eq!(sorted(s.decide(2, 0, t, false)), vec![1, 2]);
+        assert_eq!(s.decide(2, 0, t, false), Decision::Defer(Vec::new()));
         s.unhand(1, 0);
         assert_eq!(s.decide(2, 0, t, false), Decision::Serve);
         // An unwritten hand-out does not hold the chunk back for ever (once
