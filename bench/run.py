@@ -218,6 +218,7 @@ def bench_single(ctx):
     for size in sizes:
         src = ctx.file(size)
         dst = os.path.join(ctx.work, "dst")
+        H.settle_memory(ctx.work, size)
         rec = {k: [] for k in ("tcpcopy", "socat", "cp", "p2pfs", "p2pfs_api", "hwm_dl",
                                "hwm_seed", "ratio_tcp", "ratio_socat", "ratio_cp",
                                "p2pfs_chacha", "p2pfs_plain", "ratio_tcp_plain",
@@ -272,6 +273,7 @@ def bench_multi(ctx):
     n = 4
     src = ctx.file(size)
     dst = os.path.join(ctx.work, "dst")
+    H.settle_memory(ctx.work, size)
     rec = {k: [] for k in ("multi", "single", "ratio", "max_share", "min_share", "sources")}
     splits = []
     for i in range(ctx.runs):
