@@ -85,10 +85,20 @@ impl Publications {
     }
 }
 
+/// What one online peer holds of a content.
+#[derive(Debug)]
+struct Holding {
+    peer_id: PeerId,
+    have: Bitfield,
+}
+
 #[derive(Debug)]
 struct Content {
     manifest: Arc<Manifest>,
-    holders: HashMap<PeerId, Bitfield>,
+    /// Online holders by address: replies list them in this order, and
+    /// reading one needs no other lookup (a location reply with tens of
+    /// holders used to look each one up in the peer map and then sort).
+    holders: BTreeMap<SocketAddr, Holding>,
     /// Its publications (index of `State::publications`).
     names: BTreeSet<(String, PeerId)>,
 }
@@ -144,6 +154,16 @@ impl State {
             old.addr = addr;
             old.conn_id = conn_id;
             self.by_addr.remove(&old_addr);
+            if old_addr != addr {
+                // Its holdings are keyed by address.
+                for cid in &old.holds {
+                    if let Some(c) = self.contents.get_mut(cid) {
+                        if let Some(h) = c.holders.remove(&old_addr) {
+                            c.holders.insert(addr, h);
+                        }
+                    }
+                }
+            }
         } else {
             self.peers.insert(
                 peer_id,
@@ -178,18 +198,18 @@ impl State {
         };
         self.by_addr.remove(&p.addr);
         for cid in p.holds {
-            self.drop_holder(cid, peer_id);
+            self.drop_holder(cid, p.addr);
         }
         true
     }
 
-    /// Forgets that `peer_id` holds `cid`; once nobody holds it, forgets the
-    /// content and its publications.
-    fn drop_holder(&mut self, cid: ContentId, peer_id: PeerId) {
+    /// Forgets that the peer at `addr` holds `cid`; once nobody holds it,
+    /// forgets the content and its publications.
+    fn drop_holder(&mut self, cid: ContentId, addr: SocketAddr) {
         let Some(content) = self.contents.get_mut(&cid) else {
             return;
         };
-        content.holders.remove(&peer_id);
+        content.holders.remove(&addr);
         if !content.holders.is_empty() {
             return;
         }
@@ -268,10 +288,16 @@ impl State {
         let chunks = manifest.chunk_count();
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
-            holders: HashMap::default(),
+            holders: BTreeMap::new(),
             names: BTreeSet::new(),
         });
-        content.holders.insert(peer_id, Bitfield::full(chunks));
+        content.holders.insert(
+            addr,
+            Holding {
+                peer_id,
+                have: Bitfield::full(chunks),
+            },
+        );
         content.names.insert((name.clone(), peer_id));
         if let Some(e) = self.peers.get_mut(&peer_id) {
             e.holds.insert(content_id);
@@ -321,8 +347,9 @@ impl State {
         if !still_published {
             if let Some(e) = self.peers.get_mut(&peer_id) {
                 e.holds.remove(&publ.content_id);
+                let addr = e.addr;
+                self.drop_holder(publ.content_id, addr);
             }
-            self.drop_holder(publ.content_id, peer_id);
         }
         Ok(())
     }
@@ -339,12 +366,12 @@ impl State {
         manifest: Manifest,
         have: &Bitfield,
     ) -> Result<ContentId, Refusal> {
-        if !self.peers.contains_key(&peer_id) {
+        let Some(addr) = self.peers.get(&peer_id).map(|p| p.addr) else {
             return Err((
                 ErrorCode::NotRegistered,
                 "register before announcing chunks".into(),
             ));
-        }
+        };
         let n = manifest.chunk_count();
         if have.len() != n {
             return Err((
@@ -361,13 +388,17 @@ impl State {
         }
         let content = self.contents.entry(content_id).or_insert_with(|| Content {
             manifest: Arc::new(manifest),
-            holders: HashMap::default(),
+            holders: BTreeMap::new(),
             names: BTreeSet::new(),
         });
         content
             .holders
-            .entry(peer_id)
-            .or_insert_with(|| Bitfield::new(n))
+            .entry(addr)
+            .or_insert_with(|| Holding {
+                peer_id,
+                have: Bitfield::new(n),
+            })
+            .have
             .union_with(have);
         if let Some(e) = self.peers.get_mut(&peer_id) {
             e.holds.insert(content_id);
@@ -385,12 +416,12 @@ impl State {
         content_id: ContentId,
         indexes: &[u32],
     ) -> Result<(), Refusal> {
-        if !self.peers.contains_key(&peer_id) {
+        let Some(addr) = self.peers.get(&peer_id).map(|p| p.addr) else {
             return Err((
                 ErrorCode::NotRegistered,
                 "register before announcing chunks".into(),
             ));
-        }
+        };
         let Some(content) = self.contents.get_mut(&content_id) else {
             return Err((
                 ErrorCode::NotFound,
@@ -404,10 +435,14 @@ impl State {
                 format!("chunk {bad} out of range (file has {n} chunks)"),
             ));
         }
-        let have = content
+        let have = &mut content
             .holders
-            .entry(peer_id)
-            .or_insert_with(|| Bitfield::new(n));
+            .entry(addr)
+            .or_insert_with(|| Holding {
+                peer_id,
+                have: Bitfield::new(n),
+            })
+            .have;
         for &i in indexes {
             have.set(i);
         }
@@ -418,22 +453,17 @@ impl State {
     }
 
     fn holders_of<'s>(&'s self, content: &'s Content) -> Vec<HolderRef<'s>> {
-        // Sized up front: a location reply is built for every request.
         // Bitfields are borrowed, not cloned: the reply is encoded from
         // them while the state is locked.
-        let mut holders = Vec::with_capacity(content.holders.len());
-        holders.extend(content.holders.iter().filter_map(|(id, have)| {
-            let peer = self.peers.get(id)?;
-            Some(HolderRef {
-                peer_id: *id,
-                addr: peer.addr,
-                have,
+        content
+            .holders
+            .iter()
+            .map(|(addr, h)| HolderRef {
+                peer_id: h.peer_id,
+                addr: *addr,
+                have: &h.have,
             })
-        }));
-        // Addresses are unique among online peers, so an unstable sort
-        // gives the same order.
-        holders.sort_unstable_by_key(|h| h.addr);
-        holders
+            .collect()
     }
 
     /// The manifest and holders of a published name.
@@ -505,11 +535,8 @@ impl State {
             .iter()
             .filter_map(|(name, publisher_id, p)| {
                 let c = self.contents.get(&p.content_id)?;
-                let holders = c
-                    .holders
-                    .iter()
-                    .filter(|(id, _)| self.peers.contains_key(id));
-                let (sources, seeders) = holders.fold((0, 0), |(s, f), (_, b)| {
+                let holders = c.holders.values().map(|h| &h.have);
+                let (sources, seeders) = holders.fold((0, 0), |(s, f), b| {
                     (
                         s + u32::from(b.count_ones() > 0 || b.is_empty()),
                         f + u32::from(b.is_full()),
@@ -634,8 +661,10 @@ mod tests {
             }
             for (cid, c) in &self.contents {
                 assert!(!c.holders.is_empty(), "a content nobody holds");
-                for holder in c.holders.keys() {
-                    assert!(self.peers[holder].holds.contains(cid), "holder not indexed");
+                for (addr, h) in &c.holders {
+                    let peer = &self.peers[&h.peer_id];
+                    assert_eq!(peer.addr, *addr, "holder under another address");
+                    assert!(peer.holds.contains(cid), "holder not indexed");
                 }
                 for key in &c.names {
                     let p = self.publications.get(&key.0, key.1).expect("indexed");
@@ -645,7 +674,8 @@ mod tests {
             for (id, e) in &self.peers {
                 assert_eq!(self.by_addr[&e.addr], *id);
                 for cid in &e.holds {
-                    assert!(self.contents[cid].holders.contains_key(id), "stale holds");
+                    let h = &self.contents[cid].holders[&e.addr];
+                    assert_eq!(h.peer_id, *id, "stale holds");
                 }
             }
         }
@@ -664,7 +694,16 @@ mod tests {
             let p = rng.random_range(0..ids.len());
             let f = rng.random_range(0..5u8);
             match rng.random_range(0..7) {
-                0 => s.register(ids[p], addr(p + rng.random_range(0..2) * 10), step),
+                0 => {
+                    // Mostly its own two addresses (a move re-keys its
+                    // holdings); sometimes another peer's (which replaces it).
+                    let at = if rng.random_bool(0.2) {
+                        rng.random_range(0..ids.len())
+                    } else {
+                        p + rng.random_range(0..2) * 10
+                    };
+                    s.register(ids[p], addr(at), step);
+                }
                 1 | 2 => {
                     let name = format!("f{}", rng.random_range(0..4));
                     let path = format!("/d/{}", rng.random_range(0..4));
