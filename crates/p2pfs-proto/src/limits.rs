@@ -47,6 +47,13 @@ pub const MAX_TEXT_LEN: usize = 4096;
 /// Most entries in any list carried by one message (files, peers, holders,
 /// chunk indexes).
 pub const MAX_LIST_LEN: usize = 100_000;
+/// Most holders a tracker lists in one `ReplyFileLocation` or
+/// `ReplyHolders`: a random window of them when there are more. A downloader
+/// uses at most 32 sources at once, and with this many holders of the
+/// largest bitfield beside the largest manifest the reply still fits in
+/// [`MAX_CONTROL_LEN`] (a reply listing every holder of a popular large
+/// file did not, and ended the requester's session).
+pub const MAX_HOLDERS_LISTED: usize = 200;
 
 /// How often a peer sends a heartbeat to the tracker.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);

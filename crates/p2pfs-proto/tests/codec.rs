@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use p2pfs_proto::codec::{encode_control, KIND_CHUNK, KIND_CONTROL};
-use p2pfs_proto::limits::{MAX_FRAME_LEN, MIN_CHUNK_SIZE};
+use p2pfs_proto::limits::{
+    MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FRAME_LEN, MAX_HOLDERS_LISTED, MAX_NAME_LEN, MIN_CHUNK_SIZE,
+};
 use p2pfs_proto::message::{
     ChunkInfo, FileInfo, Holder, HolderRef, PeerInfo, PublishedInfo, ReplyRef,
 };
@@ -391,6 +393,43 @@ fn an_oversize_control_message_leaves_the_buffer_as_it_was() {
         Err(p2pfs_proto::ProtoError::FrameTooLarge { .. })
     ));
     assert_eq!(&buf[..], b"queued");
+}
+
+/// The largest location reply a tracker sends (the longest name, the
+/// largest manifest, as many holders as it lists, each with the largest
+/// bitfield and an IPv6 address) fits in a control frame and decodes.
+#[test]
+fn the_largest_location_reply_fits_a_control_frame() {
+    let publisher: SocketAddr = "[2001:db8::1]:65535".parse().unwrap();
+    let manifest = Manifest {
+        size: u64::from(MAX_CHUNK_SIZE) * u64::from(MAX_CHUNKS),
+        chunk_size: MAX_CHUNK_SIZE,
+        hashes: vec![[0xab; 32]; MAX_CHUNKS as usize],
+    };
+    let mut have = Bitfield::new(MAX_CHUNKS);
+    for i in 0..MAX_CHUNKS {
+        have.set(i);
+    }
+    let holders = (0..MAX_HOLDERS_LISTED)
+        .map(|i| Holder {
+            peer_id: PeerId([i as u8; 16]),
+            addr: SocketAddr::new(publisher.ip(), 60_000 + i as u16),
+            have: have.clone(),
+        })
+        .collect();
+    let msg = Message::ReplyFileLocation {
+        name: "n".repeat(MAX_NAME_LEN),
+        publisher,
+        content_id: manifest.content_id(),
+        manifest,
+        holders,
+    };
+    let mut buf = BytesMut::new();
+    encode_control(u32::MAX, &msg, &mut buf).expect("fits");
+    match FrameCodec.decode(&mut buf).unwrap() {
+        Some(Frame::Control { msg: back, .. }) => assert_eq!(back, msg),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use p2pfs_proto::limits::MAX_HOLDERS_LISTED;
 use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, HolderRef, PeerInfo, PublishedInfo};
 use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId};
 
@@ -171,6 +172,14 @@ pub struct Located<'s> {
     pub manifest: &'s Manifest,
     /// Its online holders, by address.
     pub holders: Vec<HolderRef<'s>>,
+}
+
+fn holder_ref<'s>((addr, h): (&SocketAddr, &'s Holding)) -> HolderRef<'s> {
+    HolderRef {
+        peer_id: h.peer_id,
+        addr: *addr,
+        have: &h.have,
+    }
 }
 
 /// Tracker state. See the module docs. Besides the maps themselves, it keeps
@@ -506,17 +515,29 @@ impl State {
         Ok(())
     }
 
+    /// Every holder of `content`, by address.
     fn holders_of<'s>(&'s self, content: &'s Content) -> Vec<HolderRef<'s>> {
-        // Bitfields are borrowed, not cloned: the reply is encoded from
-        // them while the state is locked.
-        content
-            .holders
+        content.holders.iter().map(holder_ref).collect()
+    }
+
+    /// The holders a reply lists: all of them, or, when there are more
+    /// than [`MAX_HOLDERS_LISTED`], that many in a row from a random place
+    /// (wrapping around), still by address. Each request sees another
+    /// window, so downloaders spread over the holders and every holder
+    /// gets listed. Bitfields are borrowed, not cloned: the reply is
+    /// encoded from them while the state is locked.
+    fn listed_holders<'s>(&'s self, content: &'s Content) -> Vec<HolderRef<'s>> {
+        let all = &content.holders.0;
+        if all.len() <= MAX_HOLDERS_LISTED {
+            return self.holders_of(content);
+        }
+        let start = rand::random_range(0..all.len());
+        let wrapped = (start + MAX_HOLDERS_LISTED).saturating_sub(all.len());
+        let end = (start + MAX_HOLDERS_LISTED).min(all.len());
+        all[..wrapped]
             .iter()
-            .map(|(addr, h)| HolderRef {
-                peer_id: h.peer_id,
-                addr: *addr,
-                have: &h.have,
-            })
+            .chain(&all[start..end])
+            .map(|(addr, h)| holder_ref((addr, h)))
             .collect()
     }
 
@@ -570,15 +591,16 @@ impl State {
             publisher: publ.publisher_addr,
             content_id: publ.content_id,
             manifest: &content.manifest,
-            holders: self.holders_of(content),
+            holders: self.listed_holders(content),
         })
     }
 
-    /// Online holders of a content (empty when unknown).
+    /// Online holders of a content to list in a reply (empty when unknown;
+    /// at most [`MAX_HOLDERS_LISTED`]).
     pub fn holders(&self, content_id: &ContentId) -> Vec<HolderRef<'_>> {
         self.contents
             .get(content_id)
-            .map(|c| self.holders_of(c))
+            .map(|c| self.listed_holders(c))
             .unwrap_or_default()
     }
 
@@ -785,6 +807,61 @@ mod tests {
         }
         // The sequence really exercised publishing and leaving.
         assert!(published > 300 && dropped > 100, "{published} {dropped}");
+    }
+
+    /// Past the cap, a reply lists a window of holders: by address, no
+    /// repeats, a different one each time, every holder in some window.
+    #[test]
+    fn replies_list_a_moving_window_of_a_crowd() {
+        let mut s = State::default();
+        let m = manifest(1, 3);
+        let cid = m.content_id();
+        let n = MAX_HOLDERS_LISTED + 50;
+        for i in 0..n {
+            let id = PeerId([
+                (i % 256) as u8,
+                (i / 256) as u8,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            s.register(id, addr(10_000 + i as u16), i as u64);
+            if i == 0 {
+                s.publish(id, "crowd".into(), "/c".into(), m.clone())
+                    .unwrap();
+            } else {
+                s.chunk_register(id, cid, &[(i % 3) as u32]).unwrap();
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut windows = std::collections::HashSet::new();
+        for _ in 0..60 {
+            let listed = s.holders(&cid);
+            assert_eq!(listed.len(), MAX_HOLDERS_LISTED);
+            assert!(
+                listed.windows(2).all(|w| w[0].addr < w[1].addr),
+                "by address, no repeats"
+            );
+            windows.insert(listed[0].addr);
+            seen.extend(listed.iter().map(|h| h.addr));
+            let located = s.locate("crowd", None).unwrap();
+            assert_eq!(located.holders.len(), MAX_HOLDERS_LISTED);
+        }
+        assert!(windows.len() > 1, "the window moves");
+        assert_eq!(seen.len(), n, "every holder gets listed");
+        // The tracker's own view still shows them all.
+        assert_eq!(s.chunk_info()[0].holders.len(), n);
     }
 
     fn manifest(seed: u8, chunks: usize) -> Manifest {
