@@ -47,13 +47,17 @@ pub const MAX_TEXT_LEN: usize = 4096;
 /// Most entries in any list carried by one message (files, peers, holders,
 /// chunk indexes).
 pub const MAX_LIST_LEN: usize = 100_000;
-/// Most holders a tracker lists in one `ReplyFileLocation` or
-/// `ReplyHolders`: a random window of them when there are more. A downloader
-/// uses at most 32 sources at once, and with this many holders of the
-/// largest bitfield beside the largest manifest the reply still fits in
-/// [`MAX_CONTROL_LEN`] (a reply listing every holder of a popular large
-/// file did not, and ended the requester's session).
-pub const MAX_HOLDERS_LISTED: usize = 200;
+/// Bytes of holders a tracker lists in one `ReplyFileLocation` or
+/// `ReplyHolders`, counting each holder at [`HOLDER_MAX_LEN`] plus its
+/// bitfield's bytes: past that, a window of them (see PROTOCOL.md). Beside
+/// the largest manifest the reply still fits in [`MAX_CONTROL_LEN`]; a reply
+/// listing every holder of a popular large file did not (about 1,400
+/// holders of a 5 GiB file), and ended the requester's session.
+pub const HOLDERS_REPLY_BYTES: usize = 1024 * 1024;
+/// Most bytes of one holder's encoding besides its bitfield's bytes: peer
+/// id 16, IPv6 address 1 + 16 + port varint 3, chunk count varint 5, byte
+/// count varint 3.
+pub const HOLDER_MAX_LEN: usize = 44;
 
 /// How often a peer sends a heartbeat to the tracker.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);

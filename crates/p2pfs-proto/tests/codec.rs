@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 use p2pfs_proto::codec::{encode_control, KIND_CHUNK, KIND_CONTROL};
 use p2pfs_proto::limits::{
-    MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FRAME_LEN, MAX_HOLDERS_LISTED, MAX_NAME_LEN, MIN_CHUNK_SIZE,
+    HOLDERS_REPLY_BYTES, HOLDER_MAX_LEN, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FRAME_LEN, MAX_NAME_LEN,
+    MIN_CHUNK_SIZE,
 };
 use p2pfs_proto::message::{
     ChunkInfo, FileInfo, Holder, HolderRef, PeerInfo, PublishedInfo, ReplyRef,
@@ -397,7 +398,8 @@ fn an_oversize_control_message_leaves_the_buffer_as_it_was() {
 
 /// The largest location reply a tracker sends (the longest name, the
 /// largest manifest, as many holders as it lists, each with the largest
-/// bitfield and an IPv6 address) fits in a control frame and decodes.
+/// bitfield and an IPv6 address) fits in a control frame and decodes, and
+/// each holder takes no more than `HOLDER_MAX_LEN` plus its bitfield.
 #[test]
 fn the_largest_location_reply_fits_a_control_frame() {
     let publisher: SocketAddr = "[2001:db8::1]:65535".parse().unwrap();
@@ -410,22 +412,28 @@ fn the_largest_location_reply_fits_a_control_frame() {
     for i in 0..MAX_CHUNKS {
         have.set(i);
     }
-    let holders = (0..MAX_HOLDERS_LISTED)
+    let bits = MAX_CHUNKS.div_ceil(8) as usize;
+    let listed = HOLDERS_REPLY_BYTES / (HOLDER_MAX_LEN + bits);
+    let holders: Vec<Holder> = (0..listed)
         .map(|i| Holder {
             peer_id: PeerId([i as u8; 16]),
             addr: SocketAddr::new(publisher.ip(), 60_000 + i as u16),
             have: have.clone(),
         })
         .collect();
-    let msg = Message::ReplyFileLocation {
+    let located = |holders: Vec<Holder>| Message::ReplyFileLocation {
         name: "n".repeat(MAX_NAME_LEN),
         publisher,
         content_id: manifest.content_id(),
-        manifest,
+        manifest: manifest.clone(),
         holders,
     };
+    let mut none = BytesMut::new();
+    encode_control(u32::MAX, &located(Vec::new()), &mut none).unwrap();
+    let msg = located(holders);
     let mut buf = BytesMut::new();
     encode_control(u32::MAX, &msg, &mut buf).expect("fits");
+    assert!(buf.len() - none.len() <= listed * (HOLDER_MAX_LEN + bits));
     match FrameCodec.decode(&mut buf).unwrap() {
         Some(Frame::Control { msg: back, .. }) => assert_eq!(back, msg),
         other => panic!("{other:?}"),

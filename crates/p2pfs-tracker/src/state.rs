@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use p2pfs_proto::limits::MAX_HOLDERS_LISTED;
+use p2pfs_proto::limits::{HOLDERS_REPLY_BYTES, HOLDER_MAX_LEN};
 use p2pfs_proto::message::{name_problem, ChunkInfo, FileInfo, HolderRef, PeerInfo, PublishedInfo};
 use p2pfs_proto::{Bitfield, ContentId, ErrorCode, Manifest, Message, PeerId};
 
@@ -172,6 +172,14 @@ pub struct Located<'s> {
     pub manifest: &'s Manifest,
     /// Its online holders, by address.
     pub holders: Vec<HolderRef<'s>>,
+}
+
+/// Most holders of a content one reply lists: as many as fit in
+/// [`HOLDERS_REPLY_BYTES`] (127 for the largest bitfield, 17,000 for files
+/// of up to 128 chunks).
+pub fn listed_max(manifest: &Manifest) -> usize {
+    let bits = manifest.chunk_count().div_ceil(8) as usize;
+    (HOLDERS_REPLY_BYTES / (HOLDER_MAX_LEN + bits)).max(1)
 }
 
 fn holder_ref<'s>((addr, h): (&SocketAddr, &'s Holding)) -> HolderRef<'s> {
@@ -520,25 +528,47 @@ impl State {
         content.holders.iter().map(holder_ref).collect()
     }
 
-    /// The holders a reply lists: all of them, or, when there are more
-    /// than [`MAX_HOLDERS_LISTED`], that many in a row from a random place
-    /// (wrapping around), still by address. Each request sees another
-    /// window, so downloaders spread over the holders and every holder
-    /// gets listed. Bitfields are borrowed, not cloned: the reply is
+    /// The holders a reply lists: all of them, or, when more than
+    /// [`listed_max`] would not fit in [`HOLDERS_REPLY_BYTES`], that many in
+    /// a row from a random place (wrapping around), still by address, and
+    /// `include` (the publisher of a located name) among them. The window
+    /// starts anywhere, so downloaders spread over the holders and every
+    /// holder gets listed. Bitfields are borrowed, not cloned: the reply is
     /// encoded from them while the state is locked.
-    fn listed_holders<'s>(&'s self, content: &'s Content) -> Vec<HolderRef<'s>> {
+    fn listed_holders<'s>(
+        &'s self,
+        content: &'s Content,
+        include: Option<SocketAddr>,
+    ) -> Vec<HolderRef<'s>> {
         let all = &content.holders.0;
-        if all.len() <= MAX_HOLDERS_LISTED {
+        let max = listed_max(&content.manifest);
+        if all.len() <= max {
             return self.holders_of(content);
         }
         let start = rand::random_range(0..all.len());
-        let wrapped = (start + MAX_HOLDERS_LISTED).saturating_sub(all.len());
-        let end = (start + MAX_HOLDERS_LISTED).min(all.len());
-        all[..wrapped]
+        let wrapped = (start + max).saturating_sub(all.len());
+        let end = (start + max).min(all.len());
+        let mut listed: Vec<HolderRef<'s>> = all[..wrapped]
             .iter()
             .chain(&all[start..end])
             .map(|(addr, h)| holder_ref((addr, h)))
-            .collect()
+            .collect();
+        let in_window = |i: usize| i < wrapped || (start..end).contains(&i);
+        if let Some(i) = include
+            .and_then(|a| content.holders.find(&a).ok())
+            .filter(|&i| !in_window(i))
+        {
+            // It takes the place of the window's last holder.
+            let last = if wrapped > 0 {
+                wrapped - 1
+            } else {
+                listed.len() - 1
+            };
+            listed.remove(last);
+            let at = listed.partition_point(|h| h.addr < all[i].0);
+            listed.insert(at, holder_ref((&all[i].0, &all[i].1)));
+        }
+        listed
     }
 
     /// The manifest and holders of a published name.
@@ -591,16 +621,16 @@ impl State {
             publisher: publ.publisher_addr,
             content_id: publ.content_id,
             manifest: &content.manifest,
-            holders: self.listed_holders(content),
+            holders: self.listed_holders(content, Some(publ.publisher_addr)),
         })
     }
 
     /// Online holders of a content to list in a reply (empty when unknown;
-    /// at most [`MAX_HOLDERS_LISTED`]).
+    /// at most [`listed_max`]).
     pub fn holders(&self, content_id: &ContentId) -> Vec<HolderRef<'_>> {
         self.contents
             .get(content_id)
-            .map(|c| self.listed_holders(c))
+            .map(|c| self.listed_holders(c, None))
             .unwrap_or_default()
     }
 
@@ -809,16 +839,21 @@ mod tests {
         assert!(published > 300 && dropped > 100, "{published} {dropped}");
     }
 
-    /// Past the cap, a reply lists a window of holders: by address, no
-    /// repeats, a different one each time, every holder in some window.
+    /// Past the byte budget, a reply lists a window of holders: by
+    /// address, no repeats, starting anywhere, every holder in some
+    /// window, and a location reply always lists the publisher.
     #[test]
     fn replies_list_a_moving_window_of_a_crowd() {
         let mut s = State::default();
-        let m = manifest(1, 3);
+        // The largest bitfield: 127 holders fit in a reply.
+        let m = manifest(1, p2pfs_proto::limits::MAX_CHUNKS as usize);
+        let max = listed_max(&m);
+        assert_eq!(max, 127);
         let cid = m.content_id();
-        let n = MAX_HOLDERS_LISTED + 50;
-        for i in 0..n {
-            let id = PeerId([
+        let n = max + 50;
+        let publisher = n / 2;
+        let id = |i: usize| {
+            PeerId([
                 (i % 256) as u8,
                 (i / 256) as u8,
                 1,
@@ -835,33 +870,42 @@ mod tests {
                 0,
                 0,
                 0,
-            ]);
-            s.register(id, addr(10_000 + i as u16), i as u64);
-            if i == 0 {
-                s.publish(id, "crowd".into(), "/c".into(), m.clone())
-                    .unwrap();
-            } else {
-                s.chunk_register(id, cid, &[(i % 3) as u32]).unwrap();
-            }
+            ])
+        };
+        for i in 0..n {
+            s.register(id(i), addr(10_000 + i as u16), i as u64);
+        }
+        s.publish(id(publisher), "crowd".into(), "/c".into(), m)
+            .unwrap();
+        for i in (0..n).filter(|&i| i != publisher) {
+            s.chunk_register(id(i), cid, &[(i % 3) as u32]).unwrap();
         }
         let mut seen = std::collections::HashSet::new();
-        let mut windows = std::collections::HashSet::new();
+        let mut firsts = std::collections::HashSet::new();
+        let by_address = |l: &[HolderRef<'_>]| l.windows(2).all(|w| w[0].addr < w[1].addr);
         for _ in 0..60 {
             let listed = s.holders(&cid);
-            assert_eq!(listed.len(), MAX_HOLDERS_LISTED);
-            assert!(
-                listed.windows(2).all(|w| w[0].addr < w[1].addr),
-                "by address, no repeats"
-            );
-            windows.insert(listed[0].addr);
+            assert_eq!(listed.len(), max);
+            assert!(by_address(&listed), "by address, no repeats");
+            firsts.insert(listed[0].addr);
             seen.extend(listed.iter().map(|h| h.addr));
             let located = s.locate("crowd", None).unwrap();
-            assert_eq!(located.holders.len(), MAX_HOLDERS_LISTED);
+            assert_eq!(located.holders.len(), max);
+            assert!(by_address(&located.holders));
+            assert!(
+                located
+                    .holders
+                    .iter()
+                    .any(|h| h.addr == addr(10_000 + publisher as u16)),
+                "the publisher is listed"
+            );
         }
-        assert!(windows.len() > 1, "the window moves");
+        assert!(firsts.len() > 1, "the window moves");
         assert_eq!(seen.len(), n, "every holder gets listed");
         // The tracker's own view still shows them all.
         assert_eq!(s.chunk_info()[0].holders.len(), n);
+        // A small file's crowd is listed whole.
+        assert!(listed_max(&manifest(2, 3)) > 10_000);
     }
 
     fn manifest(seed: u8, chunks: usize) -> Manifest {
