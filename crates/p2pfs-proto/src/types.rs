@@ -571,6 +571,11 @@ mod tests {
             assert_eq!(postcard::from_bytes::<Bitfield>(&old).unwrap(), b);
         }
         assert!(std::mem::size_of::<Bitfield>() <= 32);
+        // Formats that give the bytes as a sequence (JSON does) read too.
+        let seq = serde::de::value::SeqDeserializer::<_, serde::de::value::Error>::new(
+            [0x80u8, 0x01].into_iter(),
+        );
+        assert_eq!(&bits_serde::deserialize(seq).unwrap()[..], &[0x80, 0x01]);
     }
 
     #[test]

@@ -964,6 +964,36 @@ mod tests {
         assert!(s.chunk_info().is_empty());
     }
 
+    /// A peer back from another address is listed there, and only there.
+    #[test]
+    fn a_holder_that_moves_is_listed_at_its_new_address() {
+        let mut s = State::default();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        s.register(a, addr(1), 1);
+        s.register(b, addr(2), 2);
+        let m = manifest(3, 3);
+        let cid = m.content_id();
+        s.publish(a, "f".into(), "/f".into(), m).unwrap();
+        s.chunk_register(b, cid, &[1]).unwrap();
+        s.register(b, addr(9), 3);
+        let listed: Vec<_> = s
+            .holders(&cid)
+            .iter()
+            .map(|h| (h.peer_id, h.addr))
+            .collect();
+        assert_eq!(listed, vec![(a, addr(1)), (b, addr(9))]);
+        assert_eq!(
+            s.holders(&cid)[1].have.count_ones(),
+            1,
+            "its chunks moved with it"
+        );
+        s.register(a, addr(10), 4);
+        let located = s.locate("f", None).unwrap();
+        assert_eq!(located.publisher, addr(10));
+        let addrs: Vec<_> = located.holders.iter().map(|h| h.addr).collect();
+        assert_eq!(addrs, vec![addr(9), addr(10)], "by address");
+    }
+
     #[test]
     fn stale_connection_does_not_remove_a_reconnected_peer() {
         let mut s = State::default();
