@@ -49,7 +49,7 @@ pub const MAX_TEXT_LEN: usize = 4096;
 pub const MAX_LIST_LEN: usize = 100_000;
 /// Bytes of holders a tracker lists in one `ReplyFileLocation` or
 /// `ReplyHolders`, counting each holder at [`HOLDER_MAX_LEN`] plus its
-/// bitfield's bytes: past that, a window of them (see PROTOCOL.md). Beside
+/// bitfield's bytes: past that, a random choice of them (see PROTOCOL.md). Beside
 /// the largest manifest the reply still fits in [`MAX_CONTROL_LEN`]; a reply
 /// listing every holder of a popular large file did not (about 1,400
 /// holders of a 5 GiB file), and ended the requester's session.

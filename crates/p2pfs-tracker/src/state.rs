@@ -529,11 +529,12 @@ impl State {
     }
 
     /// The holders a reply lists: all of them, or, when more than
-    /// [`listed_max`] would not fit in [`HOLDERS_REPLY_BYTES`], that many in
-    /// a row from a random place (wrapping around), still by address, and
-    /// `include` (the publisher of a located name) among them. The window
-    /// starts anywhere, so downloaders spread over the holders and every
-    /// holder gets listed. Bitfields are borrowed, not cloned: the reply is
+    /// [`listed_max`] would not fit in [`HOLDERS_REPLY_BYTES`], that many
+    /// chosen at random (a different choice per request), `include` (the
+    /// publisher of a located name) among them, still by address. So
+    /// downloaders spread over the holders, neighbouring addresses (many
+    /// peers behind one host) are not listed together, and every holder
+    /// gets listed. Bitfields are borrowed, not cloned: the reply is
     /// encoded from them while the state is locked.
     fn listed_holders<'s>(
         &'s self,
@@ -545,30 +546,19 @@ impl State {
         if all.len() <= max {
             return self.holders_of(content);
         }
-        let start = rand::random_range(0..all.len());
-        let wrapped = (start + max).saturating_sub(all.len());
-        let end = (start + max).min(all.len());
-        let mut listed: Vec<HolderRef<'s>> = all[..wrapped]
-            .iter()
-            .chain(&all[start..end])
-            .map(|(addr, h)| holder_ref((addr, h)))
-            .collect();
-        let in_window = |i: usize| i < wrapped || (start..end).contains(&i);
-        if let Some(i) = include
-            .and_then(|a| content.holders.find(&a).ok())
-            .filter(|&i| !in_window(i))
-        {
-            // It takes the place of the window's last holder.
-            let last = if wrapped > 0 {
-                wrapped - 1
-            } else {
-                listed.len() - 1
-            };
-            listed.remove(last);
-            let at = listed.partition_point(|h| h.addr < all[i].0);
-            listed.insert(at, holder_ref((&all[i].0, &all[i].1)));
+        let mut rng = rand::rng();
+        let mut picked = rand::seq::index::sample(&mut rng, all.len(), max).into_vec();
+        if let Some(i) = include.and_then(|a| content.holders.find(&a).ok()) {
+            if !picked.contains(&i) {
+                // It takes the place of one picked at random.
+                picked[0] = i;
+            }
         }
-        listed
+        picked.sort_unstable();
+        picked
+            .into_iter()
+            .map(|i| holder_ref((&all[i].0, &all[i].1)))
+            .collect()
     }
 
     /// The manifest and holders of a published name.
@@ -839,11 +829,11 @@ mod tests {
         assert!(published > 300 && dropped > 100, "{published} {dropped}");
     }
 
-    /// Past the byte budget, a reply lists a window of holders: by
-    /// address, no repeats, starting anywhere, every holder in some
-    /// window, and a location reply always lists the publisher.
+    /// Past the byte budget, a reply lists a random choice of holders: by
+    /// address, no repeats, a different choice each time, every holder in
+    /// some, and a location reply always lists the publisher.
     #[test]
-    fn replies_list_a_moving_window_of_a_crowd() {
+    fn replies_list_a_random_choice_of_a_crowd() {
         let mut s = State::default();
         // The largest bitfield: 127 holders fit in a reply.
         let m = manifest(1, p2pfs_proto::limits::MAX_CHUNKS as usize);
@@ -881,13 +871,13 @@ mod tests {
             s.chunk_register(id(i), cid, &[(i % 3) as u32]).unwrap();
         }
         let mut seen = std::collections::HashSet::new();
-        let mut firsts = std::collections::HashSet::new();
+        let mut choices = std::collections::HashSet::new();
         let by_address = |l: &[HolderRef<'_>]| l.windows(2).all(|w| w[0].addr < w[1].addr);
         for _ in 0..60 {
             let listed = s.holders(&cid);
             assert_eq!(listed.len(), max);
             assert!(by_address(&listed), "by address, no repeats");
-            firsts.insert(listed[0].addr);
+            choices.insert(listed.iter().map(|h| h.addr).collect::<Vec<_>>());
             seen.extend(listed.iter().map(|h| h.addr));
             let located = s.locate("crowd", None).unwrap();
             assert_eq!(located.holders.len(), max);
@@ -900,7 +890,7 @@ mod tests {
                 "the publisher is listed"
             );
         }
-        assert!(firsts.len() > 1, "the window moves");
+        assert!(choices.len() > 1, "the choice changes");
         assert_eq!(seen.len(), n, "every holder gets listed");
         // The tracker's own view still shows them all.
         assert_eq!(s.chunk_info()[0].holders.len(), n);
