@@ -177,7 +177,7 @@ pub struct Located<'s> {
 /// Most holders of a content one reply lists: as many as fit in
 /// [`HOLDERS_REPLY_BYTES`] (127 for the largest bitfield, 17,000 for files
 /// of up to 128 chunks).
-pub fn listed_max(manifest: &Manifest) -> usize {
+fn listed_max(manifest: &Manifest) -> usize {
     let bits = manifest.chunk_count().div_ceil(8) as usize;
     (HOLDERS_REPLY_BYTES / (HOLDER_MAX_LEN + bits)).max(1)
 }
