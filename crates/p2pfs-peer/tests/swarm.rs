@@ -1016,7 +1016,7 @@ async fn peers_that_leave_are_forgotten() {
 
 /// A raw downloader connection to a peer: asks for one chunk at a time.
 struct RawSource {
-    reader: tokio_util::codec::FramedRead<p2pfs_proto::secure::ReadHalf, p2pfs_proto::FrameCodec>,
+    reader: p2pfs_proto::frame_reader::FrameReader<p2pfs_proto::secure::ReadHalf>,
     writer: p2pfs_proto::conn::FrameWriter<p2pfs_proto::secure::WriteHalf>,
     next_id: u32,
 }

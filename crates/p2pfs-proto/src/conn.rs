@@ -16,6 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{chunk_header, encode_control, Control, ControlCodec, Frame, FrameCodec};
+use crate::frame_reader::FrameReader;
 use crate::limits::{CONNECT_TIMEOUT, HELLO_LEN, MAGIC, PROTOCOL_VERSION, REQUEST_TIMEOUT};
 use crate::message::Message;
 use crate::secure::{self, ReadHalf, Security, Stream, WriteHalf};
@@ -199,13 +200,10 @@ pub fn split_server(
     )
 }
 
-/// Splits a stream into a frame reader and a [`FrameWriter`].
-pub fn split(stream: Stream) -> (FramedRead<ReadHalf, FrameCodec>, FrameWriter<WriteHalf>) {
+/// Splits a stream into a [`FrameReader`] and a [`FrameWriter`].
+pub fn split(stream: Stream) -> (FrameReader<ReadHalf>, FrameWriter<WriteHalf>) {
     let (r, w) = stream.into_split();
-    (
-        FramedRead::with_capacity(r, FrameCodec, 8 * 1024),
-        FrameWriter::new(w),
-    )
+    (FrameReader::new(r), FrameWriter::new(w))
 }
 
 /// Writes frames. Control frames queue in a buffer until [`flush`](Self::flush);

@@ -8,6 +8,8 @@
 //! - [`secure`]: the network secret, join tokens and the Noise transport
 //!   under every connection.
 //! - [`conn`]: hello exchange, frame writer and a multiplexed RPC client.
+//! - [`frame_reader`]: the dialling side's frame reader, chunk payloads in
+//!   pooled buffers.
 //!
 //! Goals: one codec for every connection; decoders that enforce limits and
 //! never panic; chunk payloads that are never re-encoded or copied.
@@ -16,6 +18,7 @@
 pub mod codec;
 pub mod conn;
 mod error;
+pub mod frame_reader;
 pub mod limits;
 pub mod message;
 mod pool;

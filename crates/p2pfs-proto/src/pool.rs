@@ -57,7 +57,22 @@ impl Pool<Vec<u8>> {
         }
     }
 
-    /// Returns a buffer taken with [`take_vec`](Self::take_vec).
+    /// A buffer of exactly `len` bytes from an idle one with room enough,
+    /// whatever its length (buffers of chunks of different sizes, such as
+    /// a file's shorter last chunk, share one pool). Bytes past what an
+    /// idle buffer held before are zeroed; the rest hold old data.
+    pub(crate) fn take_len(&self, len: usize) -> Vec<u8> {
+        match self.pop() {
+            Some(mut v) if v.capacity() >= len => {
+                v.resize(len, 0);
+                v
+            }
+            _ => vec![0; len],
+        }
+    }
+
+    /// Returns a buffer taken with [`take_vec`](Self::take_vec) or
+    /// [`take_len`](Self::take_len).
     pub(crate) fn give_vec(&self, v: Vec<u8>) {
         self.push(v);
     }

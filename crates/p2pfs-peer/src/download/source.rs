@@ -145,7 +145,7 @@ async fn source_impl(
             _ = tick.tick() => {
                 // Part of a frame arriving counts as progress: on a slow or
                 // crowded link one chunk can take longer than the stall limit.
-                let buffered = reader.read_buffer().len();
+                let buffered = reader.received();
                 if buffered != last_buffered {
                     last_buffered = buffered;
                     last_data = Instant::now();
