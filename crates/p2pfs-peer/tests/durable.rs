@@ -254,7 +254,7 @@ fn small_disk(dir: &Path) -> Option<std::path::PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
+async fn a_fetch_larger_than_the_free_space_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mnt) = small_disk(dir.path()) else {
         eprintln!("SKIPPED: mounting a small tmpfs needs root");
@@ -276,15 +276,18 @@ async fn a_full_disk_stops_that_fetch_only_and_keeps_its_chunks() {
             .await
             .unwrap();
 
-        // 3 MiB into a 1 MiB disk.
-        let d = b.fetch("big.bin", Some(&mnt), None).await.unwrap();
-        let state = d.wait().await;
-        let DownloadState::Failed(why) = &state else {
-            panic!("expected a failure, got {state:?}");
-        };
-        assert!(why.contains("disk is full"), "{why}");
-        let kept = d.snapshot().chunks_done;
-        assert!(kept > 0, "verified chunks are kept");
+        // 3 MiB into a 1 MiB disk: the space is allocated before any chunk
+        // is asked for, so the fetch fails at once and leaves nothing.
+        let err = b
+            .fetch("big.bin", Some(&mnt), None)
+            .await
+            .expect_err("a fetch that cannot fit must fail");
+        assert!(err.to_string().contains("disk is full"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&mnt).unwrap().count(),
+            0,
+            "no part file left"
+        );
         // Everything else keeps working: another fetch, and serving.
         let d2 = b.fetch("small.bin", None, None).await.unwrap();
         assert_eq!(d2.wait().await, DownloadState::Done);
