@@ -562,14 +562,30 @@ impl Opener {
     }
 
     /// Makes room for at least `want` more sealed bytes in `buf`.
+    ///
+    /// Past [`POOLED_MIN`] the bytes held (at most a partial record) move to
+    /// the front of a pooled buffer, and a large old one goes back to the
+    /// pool. `BytesMut::reserve` would instead grow the buffer with
+    /// `realloc` whenever the partial record is longer than what was read
+    /// before it, and each growth faulted in new pages: an encrypted
+    /// download of 1 GiB took about 6,000 page faults, a fifth of them in
+    /// that `realloc`.
     fn reserve(&mut self, want: usize) {
         if self.buf.capacity() - self.buf.len() >= want {
             return;
         }
-        if self.buf.is_empty() && want > POOLED_MIN {
-            self.buf = READ_POOL.take_bytes(READ_BUF.max(want));
-        } else {
+        let need = self.buf.len() + want;
+        if need <= POOLED_MIN {
             self.buf.reserve(want);
+            return;
+        }
+        let mut big = READ_POOL.take_bytes(READ_BUF.max(need));
+        big.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, big);
+        old.clear();
+        // Whole again (nothing else shares it) and large: keep it.
+        if old.try_reclaim(POOLED_MIN + 1) {
+            READ_POOL.give_bytes(old);
         }
     }
 
