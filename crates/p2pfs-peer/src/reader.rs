@@ -22,6 +22,7 @@
 use std::io;
 use std::sync::{mpsc, Arc, Mutex};
 
+use p2pfs_proto::pool::ChunkBuf;
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -60,7 +61,7 @@ pub(crate) enum ReadFailure {
 struct Job {
     holding: Arc<Holding>,
     index: u32,
-    done: oneshot::Sender<Result<Vec<u8>, ReadFailure>>,
+    done: oneshot::Sender<Result<ChunkBuf, ReadFailure>>,
 }
 
 /// Hands chunk reads to the reader threads.
@@ -113,7 +114,7 @@ impl ChunkReader {
         &self,
         holding: Arc<Holding>,
         index: u32,
-    ) -> Result<Vec<u8>, ReadFailure> {
+    ) -> Result<ChunkBuf, ReadFailure> {
         let Some(tx) = self
             .tx
             .lock()
@@ -150,7 +151,7 @@ fn read_cached_and_check(
     holding: &Holding,
     index: u32,
     max: usize,
-) -> Option<Result<Vec<u8>, ReadFailure>> {
+) -> Option<Result<ChunkBuf, ReadFailure>> {
     let data = holding.read_chunk_cached(index, max)?;
     // The same checks as `read_and_check`, in another order: the cheap
     // read first, so that a chunk that is not cached costs one system call.
@@ -162,7 +163,7 @@ fn read_cached_and_check(
 
 /// Never serve a file that changed under us: check its size and
 /// modification time first, and the chunk's hash after reading.
-fn read_and_check(holding: &Holding, index: u32) -> Result<Vec<u8>, ReadFailure> {
+fn read_and_check(holding: &Holding, index: u32) -> Result<ChunkBuf, ReadFailure> {
     if !holding.unchanged_on_disk() {
         return Err(ReadFailure::Changed("the file changed on disk"));
     }
@@ -171,7 +172,7 @@ fn read_and_check(holding: &Holding, index: u32) -> Result<Vec<u8>, ReadFailure>
 }
 
 /// Checks a chunk read from disk against its hash.
-fn check(holding: &Holding, index: u32, data: Vec<u8>) -> Result<Vec<u8>, ReadFailure> {
+fn check(holding: &Holding, index: u32, data: ChunkBuf) -> Result<ChunkBuf, ReadFailure> {
     if holding.verify(index, &data) {
         Ok(data)
     } else {
@@ -259,9 +260,9 @@ mod tests {
         let mut reader = ChunkReader::start(2);
         reader.inline_max = inline_max;
         let last = within(reader.read(h.clone(), 2)).await.unwrap();
-        assert_eq!(last, &data[2 * CHUNK..]);
+        assert_eq!(&*last, &data[2 * CHUNK..]);
         let first = within(reader.read(h.clone(), 0)).await.unwrap();
-        assert_eq!(first, &data[..CHUNK]);
+        assert_eq!(&*first, &data[..CHUNK]);
 
         // Same size, modification time put back: only the hash tells.
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();

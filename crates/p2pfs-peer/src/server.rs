@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use p2pfs_proto::conn::{accept, serve_connections, split_server, ConnLimits};
 use p2pfs_proto::limits::IDLE_TIMEOUT;
+use p2pfs_proto::pool::ChunkBuf;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
@@ -73,7 +74,7 @@ struct ReadChunk {
     content_id: p2pfs_proto::ContentId,
     holding: Arc<Holding>,
     index: u32,
-    data: Option<Vec<u8>>,
+    data: Option<ChunkBuf>,
     _memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -173,7 +174,7 @@ async fn serve_requests(
     let mut deferred: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut quiet_until = tokio::time::Instant::now();
     // The next chunk reply, read and waiting for an upload slot.
-    let mut waiting: Option<(u32, ReadChunk, Vec<u8>, SlotWait)> = None;
+    let mut waiting: Option<(u32, ReadChunk, ChunkBuf, SlotWait)> = None;
     loop {
         // With an artificial delay, requests are answered strictly one at a
         // time, so the delay applies to each of them.
@@ -332,7 +333,7 @@ async fn read_ahead(
     holding: Option<Arc<Holding>>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
-) -> Result<(Arc<Holding>, Option<Vec<u8>>, Option<Permit>), Message> {
+) -> Result<(Arc<Holding>, Option<ChunkBuf>, Option<Permit>), Message> {
     let Some(holding) = holding else {
         return Err(not_held(content_id));
     };
@@ -366,7 +367,7 @@ async fn read_held(
     holding: &Arc<Holding>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
-) -> Result<Vec<u8>, Message> {
+) -> Result<ChunkBuf, Message> {
     let gone = || {
         Message::error(
             ErrorCode::NotFound,

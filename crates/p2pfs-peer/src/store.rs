@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use p2pfs_proto::pool::ChunkBuf;
 use p2pfs_proto::{Bitfield, ContentId, Manifest};
 
 use crate::repo::Stamp;
@@ -189,34 +190,31 @@ impl Holding {
         self.have.lock().map(|b| b.get(index)).unwrap_or(false)
     }
 
-    /// Reads chunk `index` into a new buffer (blocking IO).
+    /// Reads chunk `index` into a pooled buffer (blocking IO).
     ///
     /// # Errors
     /// IO errors; `InvalidInput` for an index out of range.
-    pub fn read_chunk(&self, index: u32) -> std::io::Result<Vec<u8>> {
+    pub fn read_chunk(&self, index: u32) -> std::io::Result<ChunkBuf> {
         let (offset, len) = self.manifest.chunk_range(index).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "chunk index out of range")
         })?;
-        // Read into uninitialised capacity: zeroing a fresh buffer per chunk
-        // served was about 5 % of a seeder's CPU time.
-        let len = len as usize;
-        let mut buf = Vec::with_capacity(len);
-        while buf.len() < len {
-            let at = offset + buf.len() as u64;
-            let spare = rustix::buffer::spare_capacity(&mut buf);
-            match rustix::io::pread(&*self.file, spare, at) {
+        // A pooled buffer is reused as it is: zeroing a fresh buffer per
+        // chunk served was about 5 % of a seeder's CPU time.
+        let mut buf = ChunkBuf::take(len as usize);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match rustix::io::pread(&*self.file, &mut buf[filled..], offset + filled as u64) {
                 Ok(0) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "the file ended before the chunk did",
                     ))
                 }
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        // The capacity may exceed `len`, and a read may have filled it.
-        buf.truncate(len);
         Ok(buf)
     }
 
@@ -228,7 +226,7 @@ impl Holding {
     ///
     /// On a filesystem in memory (tmpfs, which refuses `RWF_NOWAIT`), a
     /// plain read: it never waits for a disk either.
-    pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<Vec<u8>> {
+    pub fn read_chunk_cached(&self, index: u32, max: usize) -> Option<ChunkBuf> {
         let (offset, len) = self.manifest.chunk_range(index)?;
         let len = len as usize;
         if len > max {
@@ -268,9 +266,9 @@ impl Holding {
 /// `Ok(None)`: not all of it is cached, or any other error (a blocking
 /// read reports it); `Err(())`: this file never allows such reads.
 #[cfg(target_os = "linux")]
-fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Result<Option<Vec<u8>>, ()> {
+fn cached_read(file: &std::fs::File, offset: u64, len: usize) -> Result<Option<ChunkBuf>, ()> {
     use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    let mut buf = vec![0u8; len];
+    let mut buf = ChunkBuf::take(len);
     // A short read means the rest is not cached: the caller reads it all
     // again on a reader thread (the cached part costs little).
     match preadv2(
@@ -305,7 +303,7 @@ pub(crate) fn in_memory_fs(_file: &std::fs::File) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn cached_read(_file: &std::fs::File, _offset: u64, _len: usize) -> Result<Option<Vec<u8>>, ()> {
+fn cached_read(_file: &std::fs::File, _offset: u64, _len: usize) -> Result<Option<ChunkBuf>, ()> {
     Err(())
 }
 

@@ -13,47 +13,26 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 use crate::codec::{Frame, FrameCodec, KIND_CHUNK};
 use crate::limits::{CHUNK_HEADER_LEN, MAX_FRAME_LEN};
-use crate::pool::Pool;
+use crate::pool::{ChunkBuf, Pool};
 use crate::types::ContentId;
 use crate::ProtoError;
 
-/// Idle chunk buffers kept for the whole process: enough for one download's
-/// chunks being verified and written (4 + 8 of 256 KiB), and some more for a
-/// download from several sources. At most 8 MiB of 256 KiB chunks.
-const CHUNK_POOL_KEEP: usize = 32;
-static CHUNK_POOL: Pool<Vec<u8>> = Pool::new(CHUNK_POOL_KEEP);
-
 /// Room offered to each read between chunk payloads.
 const HEAD_READ: usize = 8 * 1024;
-
-/// A chunk's payload buffer; it goes back to its pool when dropped.
-struct Pooled(Vec<u8>, &'static Pool<Vec<u8>>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.1.give_vec(std::mem::take(&mut self.0));
-    }
-}
 
 /// A chunk frame whose header is read and whose payload is arriving.
 struct Partial {
     id: u32,
     content_id: ContentId,
     index: u32,
-    data: Pooled,
+    data: ChunkBuf,
     filled: usize,
 }
 
@@ -65,21 +44,26 @@ pub struct FrameReader<R> {
     /// start of one that came in the same read as its header).
     buf: BytesMut,
     chunk: Option<Partial>,
-    pool: &'static Pool<Vec<u8>>,
+    /// A pool of its own (tests); the process-wide one otherwise.
+    pool: Option<&'static Pool<Vec<u8>>>,
 }
 
 impl<R> FrameReader<R> {
     /// Wraps a reader.
     pub fn new(inner: R) -> Self {
-        Self::with_pool(inner, &CHUNK_POOL)
-    }
-
-    fn with_pool(inner: R, pool: &'static Pool<Vec<u8>>) -> Self {
         Self {
             inner,
             buf: BytesMut::with_capacity(HEAD_READ),
             chunk: None,
-            pool,
+            pool: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_pool(inner: R, pool: &'static Pool<Vec<u8>>) -> Self {
+        Self {
+            pool: Some(pool),
+            ..Self::new(inner)
         }
     }
 
@@ -120,9 +104,12 @@ impl<R> FrameReader<R> {
         let mut cid = [0u8; 32];
         self.buf.copy_to_slice(&mut cid);
         let index = self.buf.get_u32();
-        let mut data = Pooled(self.pool.take_len(payload), self.pool);
+        let mut data = match self.pool {
+            Some(pool) => ChunkBuf::take_from(pool, payload),
+            None => ChunkBuf::take(payload),
+        };
         let already = self.buf.len().min(payload);
-        data.0[..already].copy_from_slice(&self.buf[..already]);
+        data[..already].copy_from_slice(&self.buf[..already]);
         self.buf.advance(already);
         self.chunk = Some(Partial {
             id,
@@ -151,8 +138,8 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         let this = self.get_mut();
         loop {
             if let Some(c) = &mut this.chunk {
-                if c.filled < c.data.0.len() {
-                    let mut rb = ReadBuf::new(&mut c.data.0[c.filled..]);
+                if c.filled < c.data.len() {
+                    let mut rb = ReadBuf::new(&mut c.data[c.filled..]);
                     ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
                     let n = rb.filled().len();
                     if n == 0 {
@@ -170,7 +157,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                     id: c.id,
                     content_id: c.content_id,
                     index: c.index,
-                    data: Bytes::from_owner(c.data),
+                    data: c.data.into_bytes(),
                 })));
             }
             match this.next_step()? {

@@ -8,6 +8,7 @@
 //! - [`secure`]: the network secret, join tokens and the Noise transport
 //!   under every connection.
 //! - [`conn`]: hello exchange, frame writer and a multiplexed RPC client.
+//! - [`pool`]: pooled chunk buffers ([`pool::ChunkBuf`]) and transfer buffers.
 //! - [`frame_reader`]: the dialling side's frame reader, chunk payloads in
 //!   pooled buffers.
 //!
@@ -21,7 +22,7 @@ mod error;
 pub mod frame_reader;
 pub mod limits;
 pub mod message;
-mod pool;
+pub mod pool;
 pub mod secure;
 pub mod types;
 
