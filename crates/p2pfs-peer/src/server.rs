@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::handle::PeerInner;
-use crate::reader::ReadFailure;
+use crate::reader::{Inline, ReadFailure};
 use crate::spread::{ConnId, Decision};
 use crate::store::Holding;
 
@@ -166,6 +166,11 @@ async fn serve_requests(
     conn: ConnId,
     served: &mut Vec<Arc<Holding>>,
 ) -> Result<(), ProtoError> {
+    let inline = if stream.is_encrypted() {
+        Inline::Never
+    } else {
+        Inline::WhenCached
+    };
     let (mut reader, mut writer) = split_server(stream);
     let mut queue: futures::stream::FuturesOrdered<PendingReply<'_>> =
         futures::stream::FuturesOrdered::new();
@@ -221,7 +226,7 @@ async fn serve_requests(
                     let data = match c.data.take() {
                         Some(data) => data,
                         // Not read ahead: read it now that its turn came.
-                        None => match read_held(inner, &c.holding, &c.content_id, c.index).await {
+                        None => match read_held(inner, &c.holding, &c.content_id, c.index, inline).await {
                             Ok(data) => {
                                 inner.stats.record_read_at_turn();
                                 data
@@ -297,7 +302,7 @@ async fn serve_requests(
                                     tokio::time::sleep(delay).await;
                                 }
                                 let taken = holding.clone();
-                                match read_ahead(inner, holding, &content_id, index).await {
+                                match read_ahead(inner, holding, &content_id, index, inline).await {
                                     Ok((holding, data, memory)) => Reply::Chunk(id, ReadChunk { content_id, holding, index, data, _memory: memory }),
                                     Err(reply) => {
                                         if let Some(h) = taken {
@@ -333,6 +338,7 @@ async fn read_ahead(
     holding: Option<Arc<Holding>>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
+    inline: Inline,
 ) -> Result<(Arc<Holding>, Option<ChunkBuf>, Option<Permit>), Message> {
     let Some(holding) = holding else {
         return Err(not_held(content_id));
@@ -356,7 +362,7 @@ async fn read_ahead(
     else {
         return Ok((holding, None, None));
     };
-    let data = read_held(inner, &holding, content_id, index).await?;
+    let data = read_held(inner, &holding, content_id, index, inline).await?;
     Ok((holding, Some(data), Some(memory)))
 }
 
@@ -367,6 +373,7 @@ async fn read_held(
     holding: &Arc<Holding>,
     content_id: &p2pfs_proto::ContentId,
     index: u32,
+    inline: Inline,
 ) -> Result<ChunkBuf, Message> {
     let gone = || {
         Message::error(
@@ -374,7 +381,7 @@ async fn read_held(
             format!("content {} is no longer served here", content_id.short()),
         )
     };
-    match inner.reader.read(holding.clone(), index).await {
+    match inner.reader.read(holding.clone(), index, inline).await {
         Ok(data) => Ok(data),
         Err(ReadFailure::Changed(why)) => {
             inner.withdraw(*content_id, why).await;
