@@ -167,7 +167,7 @@ async fn serve_requests(
     served: &mut Vec<Arc<Holding>>,
 ) -> Result<(), ProtoError> {
     let inline = if stream.is_encrypted() {
-        Inline::Never
+        Inline::SmallWhenCached
     } else {
         Inline::WhenCached
     };
