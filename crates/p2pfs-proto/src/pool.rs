@@ -17,8 +17,11 @@ use bytes::{Bytes, BytesMut};
 
 /// Idle chunk buffers kept for the whole process: enough for a download's
 /// chunks being verified and written (4 + 8 of 256 KiB) and a seeder's
-/// chunks read ahead, with some to spare. At most 8 MiB of 256 KiB chunks.
+/// chunks read ahead, with some to spare.
 const CHUNK_POOL_KEEP: usize = 32;
+/// Largest buffer kept idle, so that the pool holds at most 8 MiB. Only
+/// files over 16 GiB have larger chunks; theirs are freed.
+const CHUNK_POOL_MAX: usize = crate::limits::BULK_CHUNK_SIZE as usize;
 static CHUNK_POOL: Pool<Vec<u8>> = Pool::new(CHUNK_POOL_KEEP);
 
 /// A chunk's bytes in a buffer from a process-wide pool, to which it goes
@@ -96,7 +99,9 @@ impl PartialEq for ChunkBuf {
 
 impl Drop for ChunkBuf {
     fn drop(&mut self) {
-        self.pool.give_vec(std::mem::take(&mut self.buf));
+        if self.buf.capacity() <= CHUNK_POOL_MAX {
+            self.pool.give_vec(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -211,6 +216,25 @@ mod tests {
         let pool: Pool<Vec<u8>> = Pool::new(2);
         pool.give_vec(vec![1; 10]);
         assert_eq!(pool.take_vec(20), vec![0; 20]);
+    }
+
+    #[test]
+    fn chunk_buffers_are_kept_up_to_the_bulk_chunk_size() {
+        static POOL: Pool<Vec<u8>> = Pool::new(4);
+        drop(ChunkBuf::take_from(&POOL, CHUNK_POOL_MAX));
+        assert_eq!(POOL.idle(), 1);
+        let big = ChunkBuf::take_from(&POOL, CHUNK_POOL_MAX + 1);
+        assert_eq!(POOL.idle(), 0, "the small one is dropped for a larger need");
+        drop(big);
+        assert_eq!(POOL.idle(), 0, "larger buffers are not kept");
+        let mut small = ChunkBuf::take_from(&POOL, 10);
+        small.copy_from_slice(b"0123456789");
+        drop(small);
+        let shorter = ChunkBuf::take_from(&POOL, 8);
+        assert_eq!(&shorter[..], b"01234567", "reused as it is");
+        drop(shorter);
+        let again = ChunkBuf::take_from(&POOL, 10);
+        assert_eq!(&again[..], b"01234567\0\0", "grown back with zeros");
     }
 
     #[test]
