@@ -660,19 +660,35 @@ impl PeerHandle {
         let part = part_path(&dest);
         let manifest = Arc::new(manifest);
         let holding = create_part(&part, manifest.clone(), name)?;
-        self.inner.db.put_manifest(&manifest)?;
-        let id = self.inner.db.add_download(&DownloadRow {
-            id: 0,
-            name: name.to_string(),
-            publisher: publisher.to_string(),
-            content_id,
-            dest: dest.clone(),
-            part: part.clone(),
-            only_from: from.map(|a| a.to_string()),
-            state: RowState::Running,
-            error: None,
-            have: Bitfield::new(manifest.chunk_count()),
+        // Nothing is recorded yet: on any failure below, the new part file
+        // goes (allocated, it would hold the whole file's space).
+        let discard = |e: PeerError| {
+            let _ = std::fs::remove_file(&part);
+            e
+        };
+        allocate_part(&holding).await.map_err(|e| {
+            discard(PeerError::BadDestination {
+                path: part.clone(),
+                why: describe_io(&e),
+            })
         })?;
+        self.inner.db.put_manifest(&manifest).map_err(discard)?;
+        let id = self
+            .inner
+            .db
+            .add_download(&DownloadRow {
+                id: 0,
+                name: name.to_string(),
+                publisher: publisher.to_string(),
+                content_id,
+                dest: dest.clone(),
+                part: part.clone(),
+                only_from: from.map(|a| a.to_string()),
+                state: RowState::Running,
+                error: None,
+                have: Bitfield::new(manifest.chunk_count()),
+            })
+            .map_err(discard)?;
         let holding = self.inner.store.insert(content_id, holding);
         let spec = DownloadSpec {
             id,
@@ -895,8 +911,7 @@ pub(crate) fn open_part(
         .truncate(have.is_none())
         .open(part)
         .map_err(bad)?;
-    file.set_len(manifest.size).map_err(bad)?;
-    if let Err(e) = allocate(&file, manifest.size) {
+    if let Err(e) = file.set_len(manifest.size) {
         if have.is_none() {
             let _ = std::fs::remove_file(part);
         }
@@ -920,15 +935,30 @@ pub(crate) fn open_part(
 /// blocks skips the file system's per-block reservation: writing 1 GiB in
 /// 256 KiB chunks in random order took 0.106 s instead of 0.204 s on ext4
 /// here. File systems that cannot allocate ahead keep a sparse file.
+///
+/// Only where a download starts or resumes: a failed or cancelled download
+/// reloaded at start-up keeps its sparse file. Blocking (on a tmpfs it
+/// clears every page), so [`allocate_part`] runs it off the async threads.
 fn allocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {
     use rustix::io::Errno;
     if size == 0 {
         return Ok(());
     }
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
-        Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(()),
-        Err(e) => Err(e.into()),
+    loop {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Ok(()),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+}
+
+/// [`allocate`] for a holding's part file, on a blocking thread.
+pub(crate) async fn allocate_part(holding: &Holding) -> std::io::Result<()> {
+    let (file, size) = (holding.file.clone(), holding.manifest.size);
+    tokio::task::spawn_blocking(move || allocate(&file, size))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Words an IO error for users, without a bare "os error N".
@@ -1082,7 +1112,7 @@ mod tests {
     use std::os::unix::fs::{FileExt, MetadataExt};
 
     #[test]
-    fn a_part_file_is_allocated_up_front_and_a_resume_keeps_its_bytes() {
+    fn a_part_file_is_allocated_only_when_asked_and_keeps_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let chunk = u64::from(MIN_CHUNK_SIZE);
         let manifest = Arc::new(Manifest {
@@ -1090,32 +1120,38 @@ mod tests {
             chunk_size: MIN_CHUNK_SIZE,
             hashes: vec![[1; 32]; 41],
         });
+        let allocated = |path: &Path| std::fs::metadata(path).unwrap().blocks() * 512;
+        // Opening (a download reloaded at start-up) keeps a sparse file.
         let part = dir.path().join("x.part");
         let holding = open_part(&part, manifest.clone(), "x", None).unwrap();
-        drop(holding);
-        let meta = std::fs::metadata(&part).unwrap();
-        assert_eq!(meta.len(), manifest.size);
-        // Allocated, not sparse (ext4 and tmpfs both allocate ahead).
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), manifest.size);
         assert!(
-            meta.blocks() * 512 >= manifest.size,
-            "{} of {} bytes allocated",
-            meta.blocks() * 512,
-            manifest.size
+            allocated(&part) < manifest.size,
+            "opening must not allocate"
         );
-        // A resume allocates again without touching what was written.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&part)
-            .unwrap()
-            .write_all_at(b"kept", chunk)
-            .unwrap();
-        let have = Bitfield::new(manifest.chunk_count());
-        drop(open_part(&part, manifest, "x", Some(have)).unwrap());
+        holding.file.write_all_at(b"kept", chunk).unwrap();
+        allocate(&holding.file, manifest.size).unwrap();
+        // Where the file system can allocate ahead (ext4, tmpfs, xfs), the
+        // whole file is allocated; elsewhere it stays sparse.
+        let probe = tempfile::tempfile_in(dir.path()).unwrap();
+        let can =
+            rustix::fs::fallocate(&probe, rustix::fs::FallocateFlags::empty(), 0, 4096).is_ok();
+        if can {
+            assert!(
+                allocated(&part) >= manifest.size,
+                "{} of {} bytes allocated",
+                allocated(&part),
+                manifest.size
+            );
+        }
         let mut back = [0u8; 4];
-        std::fs::File::open(&part)
-            .unwrap()
-            .read_exact_at(&mut back, chunk)
-            .unwrap();
+        holding.file.read_exact_at(&mut back, chunk).unwrap();
+        assert_eq!(&back, b"kept", "allocating keeps what was written");
+        // Reopened as a resume, the bytes are still there.
+        drop(holding);
+        let have = Bitfield::new(manifest.chunk_count());
+        let again = open_part(&part, manifest, "x", Some(have)).unwrap();
+        again.file.read_exact_at(&mut back, chunk).unwrap();
         assert_eq!(&back, b"kept");
     }
 }

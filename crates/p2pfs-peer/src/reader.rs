@@ -1,9 +1,9 @@
 //! The serving side's chunk readers: a few threads that read requested
 //! chunks from disk and check them before they are sent.
 //!
-//! On a plain connection, a small chunk whose bytes are all in the page
-//! cache is read and checked on the async thread that asks for it
-//! ([`INLINE_MAX`], [`Inline`]): `preadv2` with
+//! A small chunk whose bytes are all in the page cache is read and checked
+//! on the async thread that asks for it ([`Inline`]: up to [`INLINE_MAX`]
+//! on plain connections, 64 KiB on encrypted ones): `preadv2` with
 //! `RWF_NOWAIT` never waits for the disk, and it saves a hand-off to a
 //! thread and back. So is a small chunk of a file on tmpfs, which refuses
 //! `RWF_NOWAIT` but never waits for a disk either. Anything else is

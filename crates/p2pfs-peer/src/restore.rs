@@ -221,6 +221,11 @@ pub(crate) async fn resume_row(
         .map(Arc::new)
         .ok_or_else(|| PeerError::CannotResume("its manifest is missing".into()))?;
     let holding = holding_for(inner, &row, &manifest).await?;
+    // Best effort: without the space, the download runs on a sparse file
+    // and stops with "the disk is full" if it fills, keeping its chunks.
+    if let Err(e) = crate::handle::allocate_part(&holding).await {
+        warn!(path = %row.part.display(), error = %crate::handle::describe_io(&e), "cannot allocate the rest of a resumed download's part file");
+    }
     let have = holding.have();
     inner
         .db

@@ -41,7 +41,9 @@ pub enum Frame {
         content_id: ContentId,
         /// Chunk index.
         index: u32,
-        /// The chunk's bytes, sliced out of the read buffer without a copy.
+        /// The chunk's bytes: sliced out of the codec's read buffer, or read
+        /// straight into a pooled buffer by
+        /// [`FrameReader`](crate::frame_reader::FrameReader).
         data: Bytes,
     },
 }

@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use futures::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
@@ -40,8 +40,9 @@ struct Partial {
 /// connection ends between frames.
 pub struct FrameReader<R> {
     inner: R,
-    /// Bytes read and not yet decoded (never a chunk's payload, except the
-    /// start of one that came in the same read as its header).
+    /// Bytes read and not yet decoded: frame headers and control frames,
+    /// and at most [`HEAD_READ`] bytes of a chunk's payload that came in
+    /// the same read as its header (copied into the chunk's buffer).
     buf: BytesMut,
     chunk: Option<Partial>,
     /// A pool of its own (tests); the process-wide one otherwise.
@@ -73,17 +74,31 @@ impl<R> FrameReader<R> {
         self.buf.len() + self.chunk.as_ref().map_or(0, |c| c.filled)
     }
 
+    /// The length field of the frame at the front of `buf`, if read.
+    fn frame_len(&self) -> Option<usize> {
+        let b = self.buf.get(..4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
     /// What the bytes at the front of `buf` call for.
     fn next_step(&self) -> Result<Step, ProtoError> {
-        if self.buf.len() < 5 || self.buf[4] != KIND_CHUNK {
-            return Ok(Step::Codec);
-        }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME_LEN {
+        let Some(len) = self.frame_len() else {
+            return Ok(Step::Read);
+        };
+        if len == 0 || len > MAX_FRAME_LEN {
             return Err(ProtoError::FrameTooLarge {
                 len,
                 max: MAX_FRAME_LEN,
             });
+        }
+        // Until the kind is known, read on: the codec would make room for
+        // a whole frame of this length, and a chunk frame's payload does
+        // not go to `buf`.
+        if self.buf.len() < 5 {
+            return Ok(Step::Read);
+        }
+        if self.buf[4] != KIND_CHUNK {
+            return Ok(Step::Codec);
         }
         Ok(if len < 1 + CHUNK_HEADER_LEN {
             // Too short for a chunk header: the codec reports it once the
@@ -172,13 +187,23 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                 }
                 Step::Read => {}
             }
+            // Each read into `buf` takes at most what a frame header, or
+            // the rest of the control frame it holds, needs: never a chunk's
+            // payload, which goes straight into its own buffer.
+            let want = match this.frame_len() {
+                Some(len) if this.buf.len() >= 5 && this.buf[4] != KIND_CHUNK => {
+                    (4 + len).saturating_sub(this.buf.len()).max(HEAD_READ)
+                }
+                _ => HEAD_READ,
+            };
             if this.buf.capacity() - this.buf.len() < HEAD_READ / 2 {
                 this.buf.reserve(HEAD_READ);
             }
+            let mut room = (&mut this.buf).limit(want);
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.inner),
                 cx,
-                &mut this.buf
+                &mut room
             ))?;
             if n == 0 {
                 return Poll::Ready(if this.buf.is_empty() {
@@ -318,6 +343,35 @@ mod tests {
         let (frames, end) = read_all(data, 100).await;
         assert!(frames.is_empty());
         assert!(end.is_some(), "a truncated chunk must not read as the end");
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_never_takes_a_chunk_payload() {
+        // Reads of 4 bytes end inside every header: the length is known,
+        // the kind not yet.
+        let mut data = Vec::new();
+        let big = vec![3u8; 1 << 20];
+        chunk_frame(&mut data, 1, 0, &big);
+        control_frame(&mut data, 2, 5);
+        chunk_frame(&mut data, 3, 1, &big);
+        for step in [4, 4096, 1 << 20] {
+            let mut r = FrameReader::new(Pieces {
+                data: data.clone(),
+                pos: 0,
+                step,
+            });
+            let mut frames = 0;
+            while let Some(f) = r.next().await {
+                f.unwrap();
+                frames += 1;
+                assert!(
+                    r.buf.capacity() <= 4 * HEAD_READ,
+                    "read buffer grew to {} with reads of {step}",
+                    r.buf.capacity()
+                );
+            }
+            assert_eq!(frames, 3);
+        }
     }
 
     #[tokio::test]

@@ -13,7 +13,9 @@
 //!   pooled buffers.
 //!
 //! Goals: one codec for every connection; decoders that enforce limits and
-//! never panic; chunk payloads that are never re-encoded or copied.
+//! never panic; chunk payloads that are never re-encoded, and on receipt
+//! read straight into their own buffer (only the few KiB that arrive with
+//! a chunk's header are copied).
 //! Non-goals: schema evolution within a version.
 
 pub mod codec;

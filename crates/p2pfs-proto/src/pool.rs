@@ -22,6 +22,10 @@ const CHUNK_POOL_KEEP: usize = 32;
 /// Largest buffer kept idle, so that the pool holds at most 8 MiB. Only
 /// files over 16 GiB have larger chunks; theirs are freed.
 const CHUNK_POOL_MAX: usize = crate::limits::BULK_CHUNK_SIZE as usize;
+/// Room of every new chunk buffer, and the least a kept one has: a buffer
+/// taken for a short chunk (a file's last) is kept for the next full one
+/// rather than freed when it comes back too small.
+const CHUNK_POOL_MIN: usize = crate::limits::MIN_CHUNK_SIZE as usize;
 static CHUNK_POOL: Pool<Vec<u8>> = Pool::new(CHUNK_POOL_KEEP);
 
 /// A chunk's bytes in a buffer from a process-wide pool, to which it goes
@@ -48,14 +52,9 @@ impl ChunkBuf {
 
     pub(crate) fn take_from(pool: &'static Pool<Vec<u8>>, len: usize) -> Self {
         Self {
-            buf: pool.take_len(len),
+            buf: pool.take_len(len, CHUNK_POOL_MIN),
             pool,
         }
-    }
-
-    /// Shortens the buffer to `len` bytes (a read that came up short).
-    pub fn truncate(&mut self, len: usize) {
-        self.buf.truncate(len);
     }
 
     /// The bytes as [`Bytes`], without a copy; the buffer goes back to the
@@ -99,7 +98,7 @@ impl PartialEq for ChunkBuf {
 
 impl Drop for ChunkBuf {
     fn drop(&mut self) {
-        if self.buf.capacity() <= CHUNK_POOL_MAX {
+        if (CHUNK_POOL_MIN..=CHUNK_POOL_MAX).contains(&self.buf.capacity()) {
             self.pool.give_vec(std::mem::take(&mut self.buf));
         }
     }
@@ -152,13 +151,19 @@ impl Pool<Vec<u8>> {
     /// whatever its length (buffers of chunks of different sizes, such as
     /// a file's shorter last chunk, share one pool). Bytes past what an
     /// idle buffer held before are zeroed; the rest hold old data.
-    pub(crate) fn take_len(&self, len: usize) -> Vec<u8> {
+    ///
+    /// A new buffer has room for at least `min_room` bytes.
+    pub(crate) fn take_len(&self, len: usize, min_room: usize) -> Vec<u8> {
         match self.pop() {
             Some(mut v) if v.capacity() >= len => {
                 v.resize(len, 0);
                 v
             }
-            _ => vec![0; len],
+            _ => {
+                let mut v = Vec::with_capacity(len.max(min_room));
+                v.resize(len, 0);
+                v
+            }
         }
     }
 
@@ -227,14 +232,17 @@ mod tests {
         assert_eq!(POOL.idle(), 0, "the small one is dropped for a larger need");
         drop(big);
         assert_eq!(POOL.idle(), 0, "larger buffers are not kept");
+        // A short chunk's buffer has room for a full one, and is kept.
         let mut small = ChunkBuf::take_from(&POOL, 10);
         small.copy_from_slice(b"0123456789");
         drop(small);
+        assert_eq!(POOL.idle(), 1);
         let shorter = ChunkBuf::take_from(&POOL, 8);
         assert_eq!(&shorter[..], b"01234567", "reused as it is");
         drop(shorter);
-        let again = ChunkBuf::take_from(&POOL, 10);
-        assert_eq!(&again[..], b"01234567\0\0", "grown back with zeros");
+        let again = ChunkBuf::take_from(&POOL, CHUNK_POOL_MIN);
+        assert_eq!(&again[..10], b"01234567\0\0", "grown back with zeros");
+        assert_eq!(POOL.idle(), 0);
     }
 
     #[test]

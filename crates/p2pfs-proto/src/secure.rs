@@ -574,6 +574,10 @@ impl Opener {
         if self.buf.capacity() - self.buf.len() >= want {
             return;
         }
+        // Unshared with room before its bytes: move them to the front.
+        if self.buf.try_reclaim(want) {
+            return;
+        }
         let need = self.buf.len() + want;
         if need <= POOLED_MIN {
             self.buf.reserve(want);
