@@ -1,14 +1,7 @@
 //! The dialling side's frame reader: control frames through [`FrameCodec`],
-//! chunk payloads read from the socket straight into pooled buffers.
-//!
-//! A `FramedRead` slices each chunk out of its read buffer, so every chunk
-//! needs a new buffer of its size. glibc's allocator hands those out and
-//! trims them back to the system in turn, and the first touch of each page
-//! of the next one faults: a downloader of 1 GiB took 30,000–125,000 page
-//! faults and about a fifth of its system time for them. Here the payload
-//! buffer comes from a process-wide pool and goes back to it when the last
-//! `Bytes` of the chunk is dropped (after the chunk is written), so a
-//! download reuses the same few buffers, already mapped.
+//! chunk payloads read from the socket straight into pooled buffers
+//! ([`ChunkBuf`], which says why), instead of a `FramedRead` slicing each
+//! chunk out of a new read buffer.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
