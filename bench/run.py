@@ -114,12 +114,35 @@ def listening(port):
     return False
 
 
-def ref_tcpcopy(ctx, src, dst):
-    recv = H.spawn([H.TCPCOPY, "recv", "127.0.0.1:0", dst], env=ctx.env)
+def pin_cpu(which):
+    """The first (0) or second (1) CPU this process may run on."""
+    return sorted(os.sched_getaffinity(0))[which]
+
+
+def pinned(which):
+    """A command prefix that keeps a process (and its threads) on CPU
+    `pin_cpu(which)`."""
+    return ["taskset", "-c", str(pin_cpu(which))]
+
+
+def pin_pid(pid, which):
+    """Moves every thread of a running process to CPU `pin_cpu(which)`."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(pin_cpu(which)), str(pid)],
+                   check=True, capture_output=True)
+
+
+def can_pin():
+    return len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
+
+
+def ref_tcpcopy(ctx, src, dst, pin=False):
+    recv = H.spawn((pinned(1) if pin else []) + [H.TCPCOPY, "recv", "127.0.0.1:0", dst],
+                   env=ctx.env)
     line = recv.stdout.readline().strip()
     addr = line.rsplit(" ", 1)[1]
     t0 = time.monotonic()
-    H.run([H.TCPCOPY, "send", addr, src], stdout=subprocess.DEVNULL, env=ctx.env)
+    H.run((pinned(0) if pin else []) + [H.TCPCOPY, "send", addr, src],
+          stdout=subprocess.DEVNULL, env=ctx.env)
     recv.wait()
     t = time.monotonic() - t0
     recv.stdout.close()
@@ -190,10 +213,17 @@ def swarm_up(ctx, src, names, downloaders=1, tag="p", security="aes-gcm", base=N
     return root, tracker, seeders, dls
 
 
-def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1, security="aes-gcm"):
+def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1, security="aes-gcm", pin=False):
+    """One fetch by a fresh downloader from `n_seeders` fresh seeders. With
+    `pin`, the seeders' threads stay on one CPU and the downloader's on
+    another, as on two hosts (the tracker is left free)."""
     names = [f"f{i}" for i in range(n_seeders)]
     root, tracker, seeders, (dl,) = swarm_up(ctx, src, names, security=security)
     try:
+        if pin:
+            for s in seeders:
+                pin_pid(s.pid, 0)
+            pin_pid(dl.pid, 1)
         ctx.prepare_cache(src)
         wall, end = H.timed_fetch(dl, names[0], dst)
         if os.path.getsize(dst) != size:
@@ -222,13 +252,22 @@ def bench_single(ctx):
         rec = {k: [] for k in ("tcpcopy", "socat", "cp", "p2pfs", "p2pfs_api", "hwm_dl",
                                "hwm_seed", "ratio_tcp", "ratio_socat", "ratio_cp",
                                "p2pfs_chacha", "p2pfs_plain", "ratio_tcp_plain",
-                               "enc_throughput", "chacha_throughput")}
+                               "enc_throughput", "chacha_throughput", "p2pfs_pin",
+                               "p2pfs_plain_pin", "tcpcopy_pin", "ratio_tcp_pin",
+                               "ratio_tcp_plain_pin", "enc_throughput_pin")}
         # p2pfs: the default (Noise, AES-256-GCM); p2pfs_chacha: the same with
         # ChaCha20-Poly1305; p2pfs_plain: --insecure. Their ratios give the
         # cost of encryption and the cipher choice, measured in the same run.
+        # The *_pin methods keep the sending process on one CPU and the
+        # receiving one on another (a diagnostic, 1 GiB and smaller only): on 2
+        # shared cores the scheduler otherwise moves a fresh process's threads
+        # between the cores, which costs a fresh encrypted seeder about a
+        # third of its speed (see BENCHMARKS.md).
         methods = ["p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp"]
         if not shutil.which("socat"):
             methods.remove("socat")
+        if size <= H.GiB and can_pin():
+            methods += ["p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"]
         for i in range(ctx.runs):
             got = {}
             for m in rotated(methods, i):
@@ -240,9 +279,15 @@ def bench_single(ctx):
                     rec["p2pfs_api"].append(r["api"])
                     rec["hwm_dl"].append(r["hwm_dl"])
                     rec["hwm_seed"].append(r["hwm_seed"])
-                elif m in ("p2pfs_chacha", "p2pfs_plain"):
-                    sec = "chacha-poly" if m == "p2pfs_chacha" else "plain"
-                    got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec)["wall"]
+                elif m in ("p2pfs_chacha", "p2pfs_plain", "p2pfs_pin", "p2pfs_plain_pin"):
+                    sec = {"p2pfs_chacha": "chacha-poly", "p2pfs_pin": "aes-gcm"}.get(m, "plain")
+                    got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec,
+                                              pin=m.endswith("_pin"))["wall"]
+                elif m == "tcpcopy_pin":
+                    ctx.prepare_cache(src)
+                    got[m] = ref_tcpcopy(ctx, src, dst, pin=True)
+                    if os.path.getsize(dst) != size:
+                        raise RuntimeError(f"{m}: destination has the wrong size")
                 else:
                     ctx.prepare_cache(src)
                     fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
@@ -256,6 +301,10 @@ def bench_single(ctx):
             # Throughput with encryption relative to plain (1.0 = free).
             rec["enc_throughput"].append(got["p2pfs_plain"] / got["p2pfs"])
             rec["chacha_throughput"].append(got["p2pfs_plain"] / got["p2pfs_chacha"])
+            if "tcpcopy_pin" in got:
+                rec["ratio_tcp_pin"].append(got["tcpcopy_pin"] / got["p2pfs_pin"])
+                rec["ratio_tcp_plain_pin"].append(got["tcpcopy_pin"] / got["p2pfs_plain_pin"])
+                rec["enc_throughput_pin"].append(got["p2pfs_plain_pin"] / got["p2pfs_pin"])
             if "socat" in got:
                 rec["ratio_socat"].append(got["socat"] / got["p2pfs"])
             rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
@@ -621,8 +670,12 @@ def table(results):
             size = x["size"]
             names = {"p2pfs": "p2pfs (encrypted, AES-GCM)",
                      "p2pfs_chacha": "p2pfs (encrypted, ChaCha20-Poly1305)",
-                     "p2pfs_plain": "p2pfs --insecure (plain)"}
-            for k in ("p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp"):
+                     "p2pfs_plain": "p2pfs --insecure (plain)",
+                     "p2pfs_pin": "pinned: p2pfs (encrypted, AES-GCM)",
+                     "p2pfs_plain_pin": "pinned: p2pfs --insecure (plain)",
+                     "tcpcopy_pin": "pinned: tcpcopy"}
+            for k in ("p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp",
+                      "p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"):
                 if x.get(k, {}).get("n"):
                     thr = H.summary([mib_s(size, v) for v in x[k]["values"]])
                     row(b, f"{names.get(k, k)} time, s (MiB/s)",
@@ -639,6 +692,14 @@ def table(results):
                     "≥ 0.75", met(x["enc_throughput"], lambda v: v >= 0.75))
                 row(b, "encrypted (ChaCha20-Poly1305) / plain throughput",
                     fs(x["chacha_throughput"]))
+            if x.get("ratio_tcp_pin", {}).get("n"):
+                pb = f"{b}, pinned (sender on one CPU, receiver on the other)"
+                row(pb, "p2pfs --insecure / tcpcopy throughput, both pinned",
+                    fs(x["ratio_tcp_plain_pin"]))
+                row(pb, "p2pfs encrypted / tcpcopy throughput, both pinned",
+                    fs(x["ratio_tcp_pin"]))
+                row(pb, "encrypted (AES-GCM) / plain throughput, both pinned",
+                    fs(x["enc_throughput_pin"]))
             if x["ratio_socat"]["n"]:
                 row(b, "p2pfs / socat throughput", fs(x["ratio_socat"]))
             row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))
