@@ -87,8 +87,12 @@ enum Reply {
 /// Chunk replies sent at once by this peer, across all connections: the
 /// others wait their turn (first come, first served). Few transfers at a
 /// time each finish sooner, so the receivers can pass the chunks on sooner
-/// (BitTorrent's upload slots, without choking).
-pub const UPLOAD_SLOTS: usize = 4;
+/// (BitTorrent's upload slots, without choking). With 64 KiB chunks, 6
+/// keep a shaped link busier than 4: a swarm of 32 leechers on 20 Mbit/s
+/// links ended at 1.13 of its bound instead of 1.16, and its seeder sent
+/// 1.02 file sizes instead of 1.08 (5 runs each); 2 slots ended at 1.27,
+/// and 8 were no better than 6 (BENCHMARKS.md, "Swarm: six upload slots").
+pub const UPLOAD_SLOTS: usize = 6;
 
 /// Longest a chunk send keeps its upload slot: a receiver that reads
 /// slowly, or not at all, cannot hold the slots and stop this peer from
