@@ -3,7 +3,7 @@
 //!
 //! One task per connection reads requests in order and answers each one;
 //! the requester pipelines, so the connection stays busy. Chunk payloads are
-//! read positionally and checked by the [reader threads](crate::reader),
+//! read positionally and checked by the reader threads (`crate::reader`),
 //! and written to the socket without further copies.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! Connection helpers over the [`secure`](crate::secure) transport: connect
+//! Connection helpers over the [`secure`] transport: connect
 //! and accept (security handshake, then the role hello inside it), a frame
 //! writer that batches small frames and never copies chunk payloads, and a
 //! multiplexed request/reply client.

@@ -3,7 +3,7 @@
 //! Each accepted connection gets one task: hello exchange, then a loop that
 //! reads control frames (with [`PEER_TIMEOUT`] as the read limit, so a peer
 //! that stops sending heartbeats is dropped) and answers them in order. The
-//! frames that arrived together (up to [`MAX_BATCH`]) are answered under one
+//! frames that arrived together (up to `MAX_BATCH`) are answered under one
 //! lock of the state and in one write. When the connection ends, the
 //! registered peer and its holdings are removed.
 

@@ -616,7 +616,7 @@ impl State {
     }
 
     /// Online holders of a content to list in a reply (empty when unknown;
-    /// at most [`listed_max`]).
+    /// at most `listed_max`).
     pub fn holders(&self, content_id: &ContentId) -> Vec<HolderRef<'_>> {
         self.contents
             .get(content_id)

@@ -30,8 +30,11 @@ enum Cmd {
     )]
     Fetch {
         fname: String,
-        /// [DESTINATION] [PEER_IP PEER_PORT]
-        #[arg(num_args = 0..=3, value_name = "DESTINATION | PEER_IP PEER_PORT")]
+        #[arg(
+            num_args = 0..=3,
+            value_name = "DESTINATION | PEER_IP PEER_PORT",
+            help = "[DESTINATION] [PEER_IP PEER_PORT]"
+        )]
         rest: Vec<String>,
     },
     /// List every file in the network

@@ -1,4 +1,4 @@
-//! The download manager: one task per fetch, one [`source`] task per peer
+//! The download manager: one task per fetch, one `source` task per peer
 //! holding chunks, and a shared [`scheduler::Scheduler`].
 //!
 //! Life of a download: `Running` → `Done` | `Failed` | `Cancelled`.
@@ -9,7 +9,7 @@
 //! completion checks the `.part` file and renames it into place.
 //!
 //! Received chunks are checked and written by the download's own
-//! [`writer`] thread, fed by a bounded queue; the main task waits for it to
+//! `writer` thread, fed by a bounded queue; the main task waits for it to
 //! settle before it renames the file.
 //!
 //! Lock order: `DownloadShared::sched` before `Holding::have`; both are
