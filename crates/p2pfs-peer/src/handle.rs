@@ -42,6 +42,10 @@ pub struct PeerConfig {
     /// (usually [`crate::server::SERVE_MEMORY_KIB`]; 0 reads each chunk
     /// only when its turn comes).
     pub read_ahead_kib: u32,
+    /// Most KiB of one download's received chunks being verified and
+    /// written at once, over all its sources (usually
+    /// [`crate::download::VERIFYING_KIB`]; at least one chunk).
+    pub verifying_kib: u32,
 }
 
 /// A file this peer published.
@@ -130,6 +134,8 @@ pub(crate) struct PeerInner {
     /// Chunk bytes that may be read ahead of their turn to be sent, across
     /// all connections, in KiB ([`PeerConfig::read_ahead_kib`]).
     pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
+    /// [`PeerConfig::verifying_kib`].
+    pub(crate) verifying_kib: u32,
     /// Upload slots ([`crate::server::UPLOAD_SLOTS`]).
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
     /// Reads and checks chunks for serving.
@@ -297,6 +303,7 @@ impl PeerHandle {
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
             serve_memory: Arc::new(tokio::sync::Semaphore::new(config.read_ahead_kib as usize)),
+            verifying_kib: config.verifying_kib,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::server::UPLOAD_SLOTS)),
             reader: crate::reader::ChunkReader::start(crate::reader::reader_threads()),
             delay_ms: AtomicU64::new(0),

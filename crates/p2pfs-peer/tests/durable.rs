@@ -36,6 +36,7 @@ async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
         allowed_dests: Vec::new(),
         security: net(),
         read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
+        verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
     })
     .await
     .expect("peer starts");
@@ -327,6 +328,7 @@ async fn destinations_outside_the_allowed_places_are_refused_untouched() {
             allowed_dests: vec![inbox.clone()],
             security: net(),
             read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
+            verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
         })
         .await
         .unwrap();

@@ -43,6 +43,7 @@ async fn one_seeder_serves_200_concurrent_downloaders() {
                 allowed_dests: Vec::new(),
                 security: net(),
                 read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
+                verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
             })
             .await
             .expect("peer starts");

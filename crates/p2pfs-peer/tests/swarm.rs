@@ -136,13 +136,17 @@ impl Swarm {
 
     /// A started peer that is not connected to the tracker.
     async fn offline_peer(&mut self) -> PeerHandle {
-        self.offline_peer_with(p2pfs_peer::server::SERVE_MEMORY_KIB)
-            .await
+        self.offline_peer_with(
+            p2pfs_peer::server::SERVE_MEMORY_KIB,
+            p2pfs_peer::download::VERIFYING_KIB,
+        )
+        .await
     }
 
     /// A started peer that is not connected to the tracker, with a
-    /// read-ahead budget of `read_ahead_kib`.
-    async fn offline_peer_with(&mut self, read_ahead_kib: u32) -> PeerHandle {
+    /// read-ahead budget of `read_ahead_kib` and a verifying budget of
+    /// `verifying_kib`.
+    async fn offline_peer_with(&mut self, read_ahead_kib: u32, verifying_kib: u32) -> PeerHandle {
         let repo = self.tempdir().join("repo");
         PeerHandle::start(PeerConfig {
             repo,
@@ -150,6 +154,7 @@ impl Swarm {
             allowed_dests: Vec::new(),
             security: self.security.clone(),
             read_ahead_kib,
+            verifying_kib,
         })
         .await
         .expect("peer starts")
@@ -458,6 +463,40 @@ async fn multi_source_download_uses_several_seeders() {
             total >= len as u64,
             "seeders uploaded {total} bytes of {len}"
         );
+    })
+    .await;
+}
+
+/// With room for one chunk being verified, sources that receive chunks at
+/// the same time wait for each other; the download still completes, byte
+/// exact, from several of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_share_a_download_s_verifying_budget() {
+    within(90, async {
+        let mut swarm = Swarm::new().await;
+        let len = 8 * MIB + 999;
+        let data = random_bytes(len, 17);
+        let mut seeders = Vec::new();
+        for i in 0..3 {
+            let seeder = swarm.peer().await;
+            let path = swarm.tempdir().join(format!("copy-{i}.bin"));
+            std::fs::write(&path, &data).expect("write");
+            seeder
+                .publish(&path, &format!("budget-{i}.bin"))
+                .await
+                .expect("publish");
+            seeder.set_delay(0.002).unwrap();
+            seeders.push(seeder);
+        }
+        // 1 KiB: less than one chunk, so one chunk at a time.
+        let leecher = swarm
+            .offline_peer_with(p2pfs_peer::server::SERVE_MEMORY_KIB, 1)
+            .await;
+        leecher.connect(swarm.addr).await.expect("peer connects");
+        fetch_ok(&leecher, "budget-0.bin", None, &data).await;
+        let uploads: Vec<(u64, u64)> = seeders.iter().map(|s| s.stats().uploaded()).collect();
+        let active = uploads.iter().filter(|(bytes, _)| *bytes > 0).count();
+        assert!(active >= 2, "only one seeder uploaded: {uploads:?}");
     })
     .await;
 }
@@ -1239,7 +1278,9 @@ async fn chunks_are_read_ahead_or_at_their_turn() {
         {
             let name = format!("turn{k}.bin");
             let (path, data) = swarm.file(&name, 6 * CHUNK + 123, 41 + k as u64);
-            let seeder = swarm.offline_peer_with(budget).await;
+            let seeder = swarm
+                .offline_peer_with(budget, p2pfs_peer::download::VERIFYING_KIB)
+                .await;
             seeder.connect(swarm.addr).await.expect("seeder connects");
             seeder.publish(&path, &name).await.expect("publish");
             let downloader = swarm.peer().await;

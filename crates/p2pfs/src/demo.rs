@@ -55,6 +55,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             allowed_dests: Vec::new(),
             security: security.clone(),
             read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
+            verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
         })
         .await?;
         peer.connect(taddr).await?;

@@ -309,6 +309,7 @@ fn main() -> ExitCode {
                     allowed_dests: allow_dest,
                     security,
                     read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
+                    verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
                 };
                 run_peer(tracker, config, no_shell, http.addr()).await
             }

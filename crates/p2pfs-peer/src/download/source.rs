@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use p2pfs_proto::{ErrorCode, Frame, Message, ProtoError, Role};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use super::scheduler::SourceId;
@@ -114,6 +115,9 @@ async fn source_impl(
     let mut rate_bytes: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut verifying = futures::stream::FuturesUnordered::new();
+    // A received chunk waiting for room in the download's verifying budget;
+    // no frame is read meanwhile.
+    let mut parked: Option<(u32, Bytes)> = None;
     loop {
         if dl.sched().is_complete() {
             return Ok(SourceEnd::Finished);
@@ -145,6 +149,11 @@ async fn source_impl(
             _ = tick.tick() => {
                 // Part of a frame arriving counts as progress: on a slow or
                 // crowded link one chunk can take longer than the stall limit.
+                // While this task does not read (its chunks wait for the
+                // writer), the source cannot be judged.
+                if parked.is_some() || verifying.len() >= max_verifying {
+                    last_data = Instant::now();
+                }
                 let buffered = reader.received();
                 if buffered != last_buffered {
                     last_buffered = buffered;
@@ -177,7 +186,14 @@ async fn source_impl(
                     }
                 }
             }
-            frame = reader.next(), if verifying.len() < max_verifying => {
+            room = dl.verifying_room.clone().acquire_owned(), if parked.is_some() => {
+                // The semaphore is never closed.
+                let Ok(room) = room else { return Ok(SourceEnd::Finished) };
+                if let Some((index, data)) = parked.take() {
+                    verifying.push(verify(dl, sid, index, data, room));
+                }
+            }
+            frame = reader.next(), if parked.is_none() && verifying.len() < max_verifying => {
                 let frame = match frame {
                     None => return Err(ProtoError::Closed),
                     Some(f) => f?,
@@ -194,7 +210,10 @@ async fn source_impl(
                             return Err(ProtoError::Unexpected("chunk for another request"));
                         }
                         rate_bytes += data.len() as u64;
-                        verifying.push(async move { (index, accept_chunk(dl, sid, index, data).await) });
+                        match dl.verifying_room.clone().try_acquire_owned() {
+                            Ok(room) => verifying.push(verify(dl, sid, index, data, room)),
+                            Err(_) => parked = Some((index, data)),
+                        }
                     }
                     Frame::Control { id, msg: Message::PeerHave { content_id, have } } if id == have_id || id == 0 => {
                         // Only this task can ask this source for the new
@@ -230,6 +249,20 @@ async fn source_impl(
             }
         }
     }
+}
+
+/// [`accept_chunk`], holding a place in the download's verifying budget
+/// until it is done.
+async fn verify(
+    dl: &DownloadShared,
+    sid: SourceId,
+    index: u32,
+    data: Bytes,
+    room: OwnedSemaphorePermit,
+) -> (u32, Result<bool, ProtoError>) {
+    let accepted = accept_chunk(dl, sid, index, data).await;
+    drop(room);
+    (index, accepted)
 }
 
 /// Verifies a chunk, writes it and records it. Returns false on a hash
