@@ -454,6 +454,32 @@ def settle_memory(directory, size):
     sync()
 
 
+def write_floor(directory, total, writers=2):
+    """Seconds `writers` parallel `dd` take to write `total` bytes of zeros
+    into new files in `directory` (then deleted): about the least time any
+    program needs to put that much new data there on this machine.
+
+    On this VM that time changes by a factor of three from hour to hour:
+    the virtio balloon reports memory the guest frees back to the host (its
+    REPORTING feature), and writing into memory the host has to back again
+    costs more. 12.5 GiB took two `dd` 14.5 s (27.6 CPU-s) into memory left
+    idle for 20 s and 5.0 s right after the same memory was freed; in a
+    later hour 3.8-4.8 s."""
+    block = 16 * MiB
+    each = max(1, total // writers // block)
+    paths = [os.path.join(directory, f"floor-{i}") for i in range(writers)]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(["dd", "if=/dev/zero", f"of={p}", f"bs={block}", f"count={each}",
+                               "status=none"]) for p in paths]
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError(f"dd into {directory} failed")
+    secs = time.monotonic() - t0
+    for p in paths:
+        remove(p)
+    return secs
+
+
 def warm(path):
     """Reads a file once so that it is in the page cache."""
     with open(path, "rb") as f:

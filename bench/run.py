@@ -448,7 +448,7 @@ def many_runs(ctx, k, size, src, need, mnt):
     if H.free_bytes(mnt or ctx.work) < need:
         raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
-                             "hwm_dl_max", "rss_sum")}
+                             "hwm_dl_max", "rss_sum", "floor", "vs_floor")}
     failed = []
     for i in range(ctx.runs):
         try:
@@ -504,8 +504,18 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         rec["hwm_seed"].append(seed_mem["VmHWM"])
         rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
         rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
+        # The least time writing the crowd's bytes takes here, into the
+        # memory the crowd just freed (so, if anything, a low floor; the
+        # crowd itself runs as before, after the single stream).
+        for j in range(len(dls)):
+            H.remove(os.path.join(root, f"out{j}"))
+        H.sync()
+        floor = H.write_floor(root, len(dls) * size)
+        rec["floor"].append(floor)
+        rec["vs_floor"].append(total / floor)
         H.log(f"many run {i + 1}: {len(dls)} downloaders total {total:.2f}s, single "
-              f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}")
+              f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}; writing their bytes "
+              f"alone {floor:.2f}s")
     finally:
         H.stop_all([seed, tracker] + dls)
         shutil.rmtree(root, ignore_errors=True)
@@ -737,6 +747,10 @@ def table(results):
         row(b, "one downloader alone (same seeder, same run), s", fs(r["single"]))
         row(b, f"**total / ({r['downloaders']} × single)**", fs(r["ratio"]), "≤ 1.0",
             met(r["ratio"], lambda v: v <= 1.0))
+        if r.get("floor", {}).get("n"):
+            row(b, f"writing {r['downloaders']} × {size_label(r['size'])} of zeros there alone "
+                "(2 × `dd`, right after), s", fs(r["floor"]))
+            row(b, "total / that write alone", fs(r["vs_floor"]))
         mb = H.summary([v / H.MiB for v in r["hwm_seed"]["values"]])
         row(b, "seeder peak RSS, MiB", fs(mb))
         mb = H.summary([v / H.MiB for v in r["hwm_dl_max"]["values"]])
