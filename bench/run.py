@@ -506,7 +506,9 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
         # The least time writing the crowd's bytes takes here, into the
         # memory the crowd just freed (so, if anything, a low floor; the
-        # crowd itself runs as before, after the single stream).
+        # crowd itself runs as before, after the single stream). The
+        # downloaders hold their files open: stop them first.
+        H.stop_all(dls)
         for j in range(len(dls)):
             H.remove(os.path.join(root, f"out{j}"))
         H.sync()
