@@ -115,7 +115,15 @@ type SlotWait = std::pin::Pin<
 /// How often at most a connection tells its subscribed downloaders about
 /// chunks that became held here (`PeerRequestHave`); it wakes only when
 /// there is news.
-pub const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+///
+/// Each message costs a wake-up of the serving task, an encoded bitfield,
+/// and at the subscriber a wake-up, a decode and a merge. In a crowd every
+/// peer has about 32 subscribers: 200 downloaders of 64 MiB on loopback,
+/// 3 alternating runs each, took 26.1-34.5 s (49.7-65.8 CPU-s in the
+/// downloaders) with 300 ms against 33.0-39.6 s (62.5-68.7 CPU-s) with
+/// 100 ms. A swarm of 32 leechers at 20 Mbit/s lost nothing: last leecher
+/// 29.95-30.28 s against 30.26-30.63 s.
+pub const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// A downloader on this connection that asked to hear of new chunks.
 struct Subscription {

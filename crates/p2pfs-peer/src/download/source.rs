@@ -97,7 +97,7 @@ async fn source_impl(
     let (mut reader, mut writer) = p2pfs_proto::conn::split(stream);
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     // Subscribe to the source's news: it tells us each chunk it verifies
-    // (within 100 ms), sooner than the tracker's holder lists would.
+    // (within 300 ms), sooner than the tracker's holder lists would.
     let have_id: u32 = 1;
     writer.queue_control(
         have_id,
