@@ -168,6 +168,31 @@ impl Swarm {
         peer
     }
 
+    /// `n` connected peers, each publishing its own copy of `data` as
+    /// `{prefix}-{i}.bin` and answering each chunk request after `delay`
+    /// seconds.
+    async fn seeders_of(
+        &mut self,
+        n: usize,
+        data: &[u8],
+        prefix: &str,
+        delay: f64,
+    ) -> Vec<PeerHandle> {
+        let mut seeders = Vec::new();
+        for i in 0..n {
+            let seeder = self.peer().await;
+            let path = self.tempdir().join(format!("copy-{i}.bin"));
+            std::fs::write(&path, data).expect("write");
+            seeder
+                .publish(&path, &format!("{prefix}-{i}.bin"))
+                .await
+                .expect("publish");
+            seeder.set_delay(delay).unwrap();
+            seeders.push(seeder);
+        }
+        seeders
+    }
+
     /// Writes `len` random bytes to a new file called `name` in its own folder.
     fn file(&mut self, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
         let data = random_bytes(len, seed);
@@ -435,20 +460,8 @@ async fn multi_source_download_uses_several_seeders() {
         let mut swarm = Swarm::new().await;
         let len = 12 * MIB + 4321;
         let data = random_bytes(len, 7);
-        let mut seeders = Vec::new();
-        for i in 0..3 {
-            let seeder = swarm.peer().await;
-            // Each seeder has its own copy of the same bytes, under its own name.
-            let path = swarm.tempdir().join(format!("copy-{i}.bin"));
-            std::fs::write(&path, &data).expect("write");
-            seeder
-                .publish(&path, &format!("shared-{i}.bin"))
-                .await
-                .expect("publish");
-            // Slow enough that no single source can finish before the others join.
-            seeder.set_delay(0.01).unwrap();
-            seeders.push(seeder);
-        }
+        // Slow enough that no single source can finish before the others join.
+        let seeders = swarm.seeders_of(3, &data, "shared", 0.01).await;
         let info = swarm.tracker.chunk_info();
         assert_eq!(info.len(), 1, "identical bytes are one content");
         assert_eq!(info[0].holders.len(), 3);
@@ -476,18 +489,7 @@ async fn sources_share_a_download_s_verifying_budget() {
         let mut swarm = Swarm::new().await;
         let len = 8 * MIB + 999;
         let data = random_bytes(len, 17);
-        let mut seeders = Vec::new();
-        for i in 0..3 {
-            let seeder = swarm.peer().await;
-            let path = swarm.tempdir().join(format!("copy-{i}.bin"));
-            std::fs::write(&path, &data).expect("write");
-            seeder
-                .publish(&path, &format!("budget-{i}.bin"))
-                .await
-                .expect("publish");
-            seeder.set_delay(0.002).unwrap();
-            seeders.push(seeder);
-        }
+        let seeders = swarm.seeders_of(3, &data, "budget", 0.002).await;
         // 1 KiB: less than one chunk, so one chunk at a time.
         let leecher = swarm
             .offline_peer_with(p2pfs_peer::server::SERVE_MEMORY_KIB, 1)
