@@ -430,21 +430,31 @@ impl PeerHandle {
         self.inner.client()?;
         let file = std::fs::File::open(&abs).map_err(|e| bad(describe_io(&e)))?;
         let stamp = Stamp::of_file(&file).map_err(|e| bad(describe_io(&e)))?;
+        // When every chunk is hashed now, through the file the holding
+        // reads, and its ctime stays put meanwhile, serving need not hash
+        // them again until the file changes (`Holding::mark_all_checked`).
+        let mut hashed_at = None;
         let manifest = match self.inner.db.cached_manifest(&abs, stamp)? {
             Some(m) => {
                 debug!(path = %abs.display(), "unchanged since it was hashed; using the cached manifest");
                 m
             }
             None => {
-                let hash_path = abs.clone();
+                let ctime = crate::store::ctime_of(&file);
+                let hash_file = file.try_clone().map_err(|e| bad(describe_io(&e)))?;
                 let m =
-                    tokio::task::spawn_blocking(move || crate::hashing::build_manifest(&hash_path))
+                    tokio::task::spawn_blocking(move || crate::hashing::manifest_of(&hash_file))
                         .await
                         .map_err(|e| bad(e.to_string()))?
                         .map_err(|e| bad(describe_io(&e)))?;
                 if Stamp::of_file(&file).ok() != Some(stamp) {
                     return Err(bad("it changed while it was being hashed; try again".into()));
                 }
+                hashed_at = ctime
+                    .filter(|c| {
+                        c.settled && crate::store::ctime_of(&file).map(|a| a.ns) == Some(c.ns)
+                    })
+                    .map(|c| c.ns);
                 self.inner.db.cache_manifest(&abs, stamp, &m)?;
                 m
             }
@@ -468,6 +478,9 @@ impl PeerHandle {
             },
             Some(stamp),
         );
+        if let Some(ctime) = hashed_at {
+            holding.mark_all_checked(ctime);
+        }
         // A complete local file beats a download of the same content in progress.
         self.inner.store.insert_complete(content_id, holding);
         let reply = self

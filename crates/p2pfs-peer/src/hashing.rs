@@ -15,7 +15,14 @@ use rayon::prelude::*;
 /// # Errors
 /// IO errors; `InvalidData` if the file shrinks while being read.
 pub fn build_manifest(path: &Path) -> std::io::Result<Manifest> {
-    let file = File::open(path)?;
+    manifest_of(&File::open(path)?)
+}
+
+/// [`build_manifest`] of an open file.
+///
+/// # Errors
+/// As [`build_manifest`].
+pub fn manifest_of(file: &File) -> std::io::Result<Manifest> {
     let size = file.metadata()?.len();
     let chunk_size = chunk_size_for(size);
     let n = chunk_count(size, chunk_size);

@@ -27,7 +27,7 @@ use p2pfs_proto::pool::ChunkBuf;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::store::Holding;
+use crate::store::{Ctime, Holding};
 
 /// Largest chunk read and checked on the async thread that asks for it,
 /// when every byte of it is in the page cache: no hand-off to a reader
@@ -182,13 +182,14 @@ fn read_cached_and_check(
     index: u32,
     max: usize,
 ) -> Option<Result<ChunkBuf, ReadFailure>> {
+    let before = holding.ctime();
     let data = holding.read_chunk_cached(index, max)?;
     // The same checks as `read_and_check`, in another order: the cheap
     // read first, so that a chunk that is not cached costs one system call.
     if !holding.unchanged_on_disk() {
         return Some(Err(ReadFailure::Changed("the file changed on disk")));
     }
-    Some(check(holding, index, data))
+    Some(check(holding, index, data, before))
 }
 
 /// Never serve a file that changed under us: check its size and
@@ -197,13 +198,36 @@ fn read_and_check(holding: &Holding, index: u32) -> Result<ChunkBuf, ReadFailure
     if !holding.unchanged_on_disk() {
         return Err(ReadFailure::Changed("the file changed on disk"));
     }
+    let before = holding.ctime();
     let data = holding.read_chunk(index).map_err(ReadFailure::Io)?;
-    check(holding, index, data)
+    check(holding, index, data, before)
 }
 
-/// Checks a chunk read from disk against its hash.
-fn check(holding: &Holding, index: u32, data: ChunkBuf) -> Result<ChunkBuf, ReadFailure> {
+/// Checks a chunk read from disk against its hash, unless it was already
+/// checked while the file had the status-change time (ctime) it has now,
+/// after the read: a change to the file's bytes during the read would have
+/// changed it. `before` is the look at the ctime before the read; a chunk
+/// whose hash matched is remembered as checked only if the ctime did not
+/// move during the read and had settled (see [`crate::store::Ctime`]).
+/// Files being downloaded (no ctime) are always hashed.
+fn check(
+    holding: &Holding,
+    index: u32,
+    data: ChunkBuf,
+    before: Option<Ctime>,
+) -> Result<ChunkBuf, ReadFailure> {
+    let after = holding.ctime();
+    if let Some(a) = after {
+        if holding.checked(index, a.ns) {
+            return Ok(data);
+        }
+    }
     if holding.verify(index, &data) {
+        if let (Some(b), Some(a)) = (before, after) {
+            if b.settled && b.ns == a.ns {
+                holding.mark_checked(index, a.ns);
+            }
+        }
         Ok(data)
     } else {
         Err(ReadFailure::Changed(
@@ -234,6 +258,65 @@ mod tests {
             HoldingKind::Published { name: "f".into() },
             Some(stamp),
         ))
+    }
+
+    #[tokio::test]
+    async fn a_checked_chunk_is_hashed_again_only_after_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..2 * CHUNK).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        // A manifest that is wrong about chunk 1: only a hash would tell.
+        let mut manifest = crate::hashing::build_manifest(&path).unwrap();
+        manifest.hashes[1] = p2pfs_proto::types::hash_chunk(b"something else");
+        let file = std::fs::File::open(&path).unwrap();
+        let stamp = crate::repo::Stamp::of_file(&file).unwrap();
+        let h = Arc::new(Holding::new(
+            Arc::new(manifest),
+            file,
+            path.clone(),
+            Bitfield::full(2),
+            HoldingKind::Published { name: "f".into() },
+            Some(stamp),
+        ));
+        let reader = ChunkReader::start(1);
+        for inline in [Inline::WhenCached, Inline::SmallWhenCached] {
+            assert!(matches!(
+                within(reader.read(h.clone(), 1, inline)).await,
+                Err(ReadFailure::Changed(_))
+            ));
+        }
+        // Recorded as hashed at the present ctime (as a publish that hashed
+        // the file does): served as it is.
+        let ctime = h.ctime().expect("a complete file has a ctime").ns;
+        h.mark_all_checked(ctime);
+        for inline in [Inline::WhenCached, Inline::SmallWhenCached] {
+            let chunk = within(reader.read(h.clone(), 1, inline)).await.unwrap();
+            assert_eq!(&*chunk, &data[CHUNK..]);
+        }
+        // A change of status that leaves size, modification time and bytes
+        // alone still moves the ctime: every chunk is hashed again.
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::thread::sleep(crate::store::CTIME_SETTLED * 2);
+        assert_ne!(h.ctime().unwrap().ns, ctime);
+        assert!(matches!(
+            within(reader.read(h.clone(), 1, Inline::WhenCached)).await,
+            Err(ReadFailure::Changed(_))
+        ));
+        // Chunk 0 matches: hashed once more, then remembered at the new ctime.
+        let now = h.ctime().unwrap().ns;
+        assert!(!h.checked(0, now));
+        assert_eq!(
+            &*within(reader.read(h.clone(), 0, Inline::WhenCached))
+                .await
+                .unwrap(),
+            &data[..CHUNK]
+        );
+        assert!(h.checked(0, now));
+        assert!(!h.checked(0, ctime));
+        reader.stop();
     }
 
     async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -271,6 +354,8 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..2 * CHUNK + 10).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
+        // Chunks are remembered as checked only once the ctime has settled.
+        std::thread::sleep(crate::store::CTIME_SETTLED * 2);
         let h = holding(&path);
         let in_memory = crate::store::in_memory_fs(&std::fs::File::open(&path).unwrap());
         if inline_max > 0 && (base.is_none() || in_memory) {
@@ -302,6 +387,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&*first, &data[..CHUNK]);
+
+        // Served chunks are remembered as checked at the file's ctime.
+        assert!(h.checked(0, h.ctime().unwrap().ns));
 
         // Same size, modification time put back: only the hash tells.
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();

@@ -52,6 +52,10 @@ pub struct Holding {
     /// modification time, checked before serving; `None` while a download
     /// writes it.
     pub stamp: Mutex<Option<Stamp>>,
+    /// Chunks of the complete file already checked against their hashes
+    /// while the file had its present status-change time: served without
+    /// hashing them again ([`Holding::checked`]).
+    checked: Mutex<Option<Checked>>,
     /// Initial-seeding ledger, made on the first request once complete.
     spread: Mutex<Option<Spread>>,
     /// It served chunks before it was complete: a downloader in a swarm,
@@ -67,6 +71,39 @@ pub struct Holding {
     /// else [`READS_THREADED`] (no more zeroed buffers for reads bound to
     /// fail).
     cached_reads: AtomicU8,
+}
+
+/// Chunks checked against their hashes while the file's status-change
+/// time (ctime) was `ctime_ns`.
+///
+/// Any change to a file's bytes through the filesystem (a write, a
+/// truncation, a write through a shared mapping) sets its ctime, and so
+/// does putting its modification time back; the kernel sets it before it
+/// changes the bytes. So a chunk that matched its hash when read between
+/// two looks at an unchanged ctime still matches while the ctime stays the
+/// same, and hashing it again on every serve (a tenth of a core-second per
+/// GiB) buys nothing. Timestamps move in clock ticks, so two changes within
+/// one tick may leave the same ctime: a chunk is only remembered when the
+/// look before its read came [`CTIME_SETTLED`] after the ctime, so that any
+/// later change lands in a later tick.
+#[derive(Debug)]
+struct Checked {
+    ctime_ns: i64,
+    chunks: Bitfield,
+}
+
+/// How long after a file's status-change time a look at it must come for
+/// its chunks to be remembered as checked: more than a clock tick (1 to
+/// 10 ms on Linux), which is how coarse file timestamps are.
+pub const CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A look at an open file's status-change time (ctime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctime {
+    /// Nanoseconds since the Unix epoch.
+    pub ns: i64,
+    /// The look came at least [`CTIME_SETTLED`] after that time.
+    pub settled: bool,
 }
 
 /// Reads that must not wait (`preadv2` with `RWF_NOWAIT`).
@@ -94,6 +131,7 @@ impl Holding {
             have: Mutex::new(have),
             kind,
             stamp: Mutex::new(stamp),
+            checked: Mutex::new(None),
             spread: Mutex::new(None),
             served_incomplete: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
@@ -176,6 +214,50 @@ impl Holding {
             None => true,
             Some(s) => Stamp::of(&self.path()).is_ok_and(|now| now == s),
         }
+    }
+
+    /// A look at the open file's status-change time (ctime), for a complete
+    /// file in place; `None` while a download writes it (its
+    /// own writes change it all the time) or if it cannot be read.
+    pub fn ctime(&self) -> Option<Ctime> {
+        self.stamp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()?;
+        ctime_of(&self.file)
+    }
+
+    /// Whether chunk `index` was checked against its hash while the file's
+    /// ctime was `ctime_ns`.
+    pub fn checked(&self, index: u32, ctime_ns: i64) -> bool {
+        let checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        checked
+            .as_ref()
+            .is_some_and(|c| c.ctime_ns == ctime_ns && c.chunks.get(index))
+    }
+
+    /// Records that chunk `index` matched its hash when read between two
+    /// looks at the file that both saw ctime `ctime_ns`. The chunks
+    /// checked under an older ctime are forgotten.
+    pub fn mark_checked(&self, index: u32, ctime_ns: i64) {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        let c = match checked.as_mut() {
+            Some(c) if c.ctime_ns == ctime_ns => c,
+            _ => checked.insert(Checked {
+                ctime_ns,
+                chunks: Bitfield::new(self.manifest.chunk_count()),
+            }),
+        };
+        c.chunks.set(index);
+    }
+
+    /// Records that every chunk was checked (the whole file was hashed
+    /// through this holding's open file) while its ctime was `ctime_ns`.
+    pub fn mark_all_checked(&self, ctime_ns: i64) {
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Checked {
+            ctime_ns,
+            chunks: Bitfield::full(self.manifest.chunk_count()),
+        });
     }
 
     /// Whether `data` is chunk `index` according to the manifest.
@@ -261,6 +343,22 @@ impl Holding {
     pub fn path(&self) -> PathBuf {
         self.path.lock().map(|p| p.clone()).unwrap_or_default()
     }
+}
+
+/// A look at the status-change time (ctime) of an open file.
+pub fn ctime_of(file: &File) -> Option<Ctime> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let m = file.metadata().ok()?;
+    let ns = m
+        .ctime()
+        .checked_mul(1_000_000_000)?
+        .checked_add(m.ctime_nsec())?;
+    let settled = i128::try_from(now.as_nanos()).ok()? - i128::from(ns)
+        >= i128::try_from(CTIME_SETTLED.as_nanos()).ok()?;
+    Some(Ctime { ns, settled })
 }
 
 /// `Ok(None)`: not all of it is cached, or any other error (a blocking
