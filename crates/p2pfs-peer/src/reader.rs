@@ -91,6 +91,9 @@ pub(crate) enum ReadFailure {
 struct Job {
     holding: Arc<Holding>,
     index: u32,
+    /// The look at the file's ctime the asking thread took before handing
+    /// the read over.
+    before: Option<Ctime>,
     done: oneshot::Sender<Result<ChunkBuf, ReadFailure>>,
 }
 
@@ -123,7 +126,9 @@ impl ChunkReader {
                     if job.done.is_closed() {
                         continue;
                     }
-                    let _ = job.done.send(read_and_check(&job.holding, job.index));
+                    let _ = job
+                        .done
+                        .send(read_and_check(&job.holding, job.index, job.before));
                 });
             if let Err(e) = spawned {
                 warn!(error = %e, "cannot start a chunk reader thread");
@@ -175,6 +180,7 @@ impl ChunkReader {
         match tx.send(Job {
             holding,
             index,
+            before,
             done,
         }) {
             Ok(()) => outcome.await.unwrap_or(Err(ReadFailure::Stopped)),
@@ -214,11 +220,15 @@ fn read_cached_and_check(
 
 /// Never serve a file that changed under us: check its size and
 /// modification time first, and the chunk's hash after reading.
-fn read_and_check(holding: &Holding, index: u32) -> Result<ChunkBuf, ReadFailure> {
+/// `before`: a look at the file's ctime taken before this call.
+fn read_and_check(
+    holding: &Holding,
+    index: u32,
+    before: Option<Ctime>,
+) -> Result<ChunkBuf, ReadFailure> {
     if !holding.unchanged_on_disk() {
         return Err(ReadFailure::Changed("the file changed on disk"));
     }
-    let before = holding.ctime();
     let data = holding.read_chunk(index).map_err(ReadFailure::Io)?;
     check(holding, index, data, before)
 }
@@ -266,7 +276,11 @@ mod tests {
     const CHUNK: usize = p2pfs_proto::limits::MIN_CHUNK_SIZE as usize;
 
     fn holding(path: &std::path::Path) -> Arc<Holding> {
-        let manifest = crate::hashing::build_manifest(path).unwrap();
+        published(path, crate::hashing::build_manifest(path).unwrap())
+    }
+
+    /// A complete published file at `path`, described by `manifest`.
+    fn published(path: &std::path::Path, manifest: p2pfs_proto::Manifest) -> Arc<Holding> {
         let file = std::fs::File::open(path).unwrap();
         let stamp = crate::repo::Stamp::of_file(&file).unwrap();
         let n = manifest.chunk_count();
@@ -289,16 +303,7 @@ mod tests {
         // A manifest that is wrong about chunk 1: only a hash would tell.
         let mut manifest = crate::hashing::build_manifest(&path).unwrap();
         manifest.hashes[1] = p2pfs_proto::types::hash_chunk(b"something else");
-        let file = std::fs::File::open(&path).unwrap();
-        let stamp = crate::repo::Stamp::of_file(&file).unwrap();
-        let h = Arc::new(Holding::new(
-            Arc::new(manifest),
-            file,
-            path.clone(),
-            Bitfield::full(2),
-            HoldingKind::Published { name: "f".into() },
-            Some(stamp),
-        ));
+        let h = published(&path, manifest);
         let reader = ChunkReader::start(1);
         for inline in [Inline::WhenCached, Inline::SmallWhenCached] {
             assert!(matches!(
@@ -362,16 +367,7 @@ mod tests {
                 .map(p2pfs_proto::types::hash_chunk)
                 .collect(),
         };
-        let file = std::fs::File::open(&path).unwrap();
-        let stamp = crate::repo::Stamp::of_file(&file).unwrap();
-        let h = Arc::new(Holding::new(
-            Arc::new(manifest),
-            file,
-            path.clone(),
-            Bitfield::full(2),
-            HoldingKind::Published { name: "f".into() },
-            Some(stamp),
-        ));
+        let h = published(&path, manifest);
         let reader = ChunkReader::start(1);
         // Not checked yet: hashing a large chunk goes to a thread.
         let chunk = within(reader.read(h.clone(), 0, Inline::SmallWhenCached))

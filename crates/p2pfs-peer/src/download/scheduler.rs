@@ -99,6 +99,12 @@ impl Scheduler {
     /// A scheduler for `n` chunks of which `done` are already verified.
     pub fn new(done: Bitfield) -> Self {
         let n = done.len();
+        let mut rng = StdRng::from_os_rng();
+        let start = if n == 0 {
+            0
+        } else {
+            rand::Rng::random_range(&mut rng, 0..n)
+        };
         Self {
             n,
             done,
@@ -110,8 +116,8 @@ impl Scheduler {
             ordered_at: None,
             scan_start: 0,
             sources: HashMap::new(),
-            rng: StdRng::from_os_rng(),
-            start: if n == 0 { 0 } else { rand::random_range(0..n) },
+            rng,
+            start,
             deferred_once: false,
         }
     }
