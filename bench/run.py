@@ -28,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bittorrent as BT  # noqa: E402
 import harness as H  # noqa: E402
 import swarm as S  # noqa: E402
 import svgplot  # noqa: E402
@@ -254,7 +255,9 @@ def bench_single(ctx):
                                "p2pfs_chacha", "p2pfs_plain", "ratio_tcp_plain",
                                "enc_throughput", "chacha_throughput", "p2pfs_pin",
                                "p2pfs_plain_pin", "tcpcopy_pin", "ratio_tcp_pin",
-                               "ratio_tcp_plain_pin", "enc_throughput_pin")}
+                               "ratio_tcp_plain_pin", "enc_throughput_pin", "aria2",
+                               "aria2_transfer", "ratio_aria2", "ratio_aria2_plain",
+                               "ratio_aria2_transfer")}
         # p2pfs: the default (Noise, AES-256-GCM); p2pfs_chacha: the same with
         # ChaCha20-Poly1305; p2pfs_plain: --insecure. Their ratios give the
         # cost of encryption and the cipher choice, measured in the same run.
@@ -268,53 +271,80 @@ def bench_single(ctx):
             methods.remove("socat")
         if size <= H.GiB and can_pin():
             methods += ["p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"]
-        for i in range(ctx.runs):
-            got = {}
-            for m in rotated(methods, i):
-                H.remove(dst)
-                H.remove(dst + ".part")
-                if m == "p2pfs":
-                    r = p2pfs_fetch_once(ctx, src, size, dst)
-                    got["p2pfs"] = r["wall"]
-                    rec["p2pfs_api"].append(r["api"])
-                    rec["hwm_dl"].append(r["hwm_dl"])
-                    rec["hwm_seed"].append(r["hwm_seed"])
-                elif m in ("p2pfs_chacha", "p2pfs_plain", "p2pfs_pin", "p2pfs_plain_pin"):
-                    sec = {"p2pfs_chacha": "chacha-poly", "p2pfs_pin": "aes-gcm"}.get(m, "plain")
-                    got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec,
-                                              pin=m.endswith("_pin"))["wall"]
-                elif m == "tcpcopy_pin":
-                    ctx.prepare_cache(src)
-                    got[m] = ref_tcpcopy(ctx, src, dst, pin=True)
-                    if os.path.getsize(dst) != size:
-                        raise RuntimeError(f"{m}: destination has the wrong size")
-                else:
-                    ctx.prepare_cache(src)
-                    fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
-                    got[m] = fn(ctx, src, dst)
-                    if os.path.getsize(dst) != size:
-                        raise RuntimeError(f"{m}: destination has the wrong size")
-            for k, v in got.items():
-                rec[k].append(v)
-            rec["ratio_tcp"].append(got["tcpcopy"] / got["p2pfs"])
-            rec["ratio_tcp_plain"].append(got["tcpcopy"] / got["p2pfs_plain"])
-            # Throughput with encryption relative to plain (1.0 = free).
-            rec["enc_throughput"].append(got["p2pfs_plain"] / got["p2pfs"])
-            rec["chacha_throughput"].append(got["p2pfs_plain"] / got["p2pfs_chacha"])
-            if "tcpcopy_pin" in got:
-                rec["ratio_tcp_pin"].append(got["tcpcopy_pin"] / got["p2pfs_pin"])
-                rec["ratio_tcp_plain_pin"].append(got["tcpcopy_pin"] / got["p2pfs_plain_pin"])
-                rec["enc_throughput_pin"].append(got["p2pfs_plain_pin"] / got["p2pfs_pin"])
-            if "socat" in got:
-                rec["ratio_socat"].append(got["socat"] / got["p2pfs"])
-            rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
-            H.log(f"single {size_label(size)} run {i + 1}: " +
-                  ", ".join(f"{k} {v:.3f}s" for k, v in got.items()))
+        # BitTorrent (aria2c to aria2c), when its tools are installed.
+        bt = None
+        if BT.available():
+            try:
+                bt = BT.Seed(ctx.work, src, ctx.logdir)
+                methods.append("aria2")
+            except Exception as e:  # noqa: BLE001 - a reference, not p2pfs: go on without it
+                H.log(f"single: no BitTorrent reference: {e}")
+        else:
+            H.log("single: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
+        try:
+            single_runs(ctx, src, size, dst, methods, rec, bt)
+        finally:
+            if bt:
+                bt.close()
         H.remove(dst)
         out[size_label(size)] = {"size": size, **{k: H.summary(v) for k, v in rec.items()}}
         if size > H.GiB:
             ctx.drop_file(size)
     return out
+
+
+def single_runs(ctx, src, size, dst, methods, rec, bt):
+    """The repetitions of benchmark 1 for one file size; appends to `rec`."""
+    for i in range(ctx.runs):
+        got = {}
+        for m in rotated(methods, i):
+            H.remove(dst)
+            H.remove(dst + ".part")
+            if m == "p2pfs":
+                r = p2pfs_fetch_once(ctx, src, size, dst)
+                got["p2pfs"] = r["wall"]
+                rec["p2pfs_api"].append(r["api"])
+                rec["hwm_dl"].append(r["hwm_dl"])
+                rec["hwm_seed"].append(r["hwm_seed"])
+            elif m in ("p2pfs_chacha", "p2pfs_plain", "p2pfs_pin", "p2pfs_plain_pin"):
+                sec = {"p2pfs_chacha": "chacha-poly", "p2pfs_pin": "aes-gcm"}.get(m, "plain")
+                got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec,
+                                          pin=m.endswith("_pin"))["wall"]
+            elif m == "aria2":
+                ctx.prepare_cache(src)
+                got[m], transfer = bt.fetch(size)
+                rec["aria2_transfer"].append(transfer)
+            elif m == "tcpcopy_pin":
+                ctx.prepare_cache(src)
+                got[m] = ref_tcpcopy(ctx, src, dst, pin=True)
+                if os.path.getsize(dst) != size:
+                    raise RuntimeError(f"{m}: destination has the wrong size")
+            else:
+                ctx.prepare_cache(src)
+                fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
+                got[m] = fn(ctx, src, dst)
+                if os.path.getsize(dst) != size:
+                    raise RuntimeError(f"{m}: destination has the wrong size")
+        for k, v in got.items():
+            rec[k].append(v)
+        rec["ratio_tcp"].append(got["tcpcopy"] / got["p2pfs"])
+        rec["ratio_tcp_plain"].append(got["tcpcopy"] / got["p2pfs_plain"])
+        # Throughput with encryption relative to plain (1.0 = free).
+        rec["enc_throughput"].append(got["p2pfs_plain"] / got["p2pfs"])
+        rec["chacha_throughput"].append(got["p2pfs_plain"] / got["p2pfs_chacha"])
+        if "tcpcopy_pin" in got:
+            rec["ratio_tcp_pin"].append(got["tcpcopy_pin"] / got["p2pfs_pin"])
+            rec["ratio_tcp_plain_pin"].append(got["tcpcopy_pin"] / got["p2pfs_plain_pin"])
+            rec["enc_throughput_pin"].append(got["p2pfs_plain_pin"] / got["p2pfs_pin"])
+        if "socat" in got:
+            rec["ratio_socat"].append(got["socat"] / got["p2pfs"])
+        if "aria2" in got:
+            rec["ratio_aria2"].append(got["aria2"] / got["p2pfs"])
+            rec["ratio_aria2_plain"].append(got["aria2"] / got["p2pfs_plain"])
+            rec["ratio_aria2_transfer"].append(rec["aria2_transfer"][-1] / got["p2pfs"])
+        rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
+        H.log(f"single {size_label(size)} run {i + 1}: " +
+              ", ".join(f"{k} {v:.3f}s" for k, v in got.items()))
 
 
 def bench_multi(ctx):
@@ -661,6 +691,7 @@ def machine_info(ctx):
                          "cat /sys/block/${p:-$d}/queue/rotational 2>/dev/null"),
         "GLIBC_TUNABLES": ctx.env.get("GLIBC_TUNABLES", "(not set)"),
         "rustc": sh("rustc --version"),
+        "aria2c": sh("aria2c --version 2>/dev/null | head -1") or "(not installed)",
         "page_cache": "dropped before each measurement" if ctx.args.drop_caches else
                       "warm: source in the page cache, dirty pages flushed before each measurement",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -698,9 +729,10 @@ def table(results):
                      "p2pfs_plain": "p2pfs --insecure (plain)",
                      "p2pfs_pin": "pinned: p2pfs (encrypted, AES-GCM)",
                      "p2pfs_plain_pin": "pinned: p2pfs --insecure (plain)",
-                     "tcpcopy_pin": "pinned: tcpcopy"}
+                     "tcpcopy_pin": "pinned: tcpcopy",
+                     "aria2": "BitTorrent: aria2c from an aria2c seeder (start to exit)"}
             for k in ("p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp",
-                      "p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"):
+                      "aria2", "p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"):
                 if x.get(k, {}).get("n"):
                     thr = H.summary([mib_s(size, v) for v in x[k]["values"]])
                     row(b, f"{names.get(k, k)} time, s (MiB/s)",
@@ -727,6 +759,15 @@ def table(results):
                     fs(x["enc_throughput_pin"]))
             if x["ratio_socat"]["n"]:
                 row(b, "p2pfs / socat throughput", fs(x["ratio_socat"]))
+            if x.get("ratio_aria2", {}).get("n"):
+                row(b, "BitTorrent (aria2c): first piece to last, from its log, s",
+                    fs(x["aria2_transfer"]))
+                row(b, "p2pfs encrypted / BitTorrent (aria2c) throughput, start to exit",
+                    fs(x["ratio_aria2"]))
+                row(b, "p2pfs --insecure / BitTorrent (aria2c) throughput, start to exit",
+                    fs(x["ratio_aria2_plain"]))
+                row(b, "p2pfs encrypted (whole fetch) / aria2c's pieces alone (first to "
+                    "last)", fs(x["ratio_aria2_transfer"]))
             row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))
             mb = {k: H.summary([v / H.MiB for v in x[k]["values"]]) for k in ("hwm_dl", "hwm_seed")}
             row(f"5. memory, {label}", "downloader peak RSS (VmHWM), MiB", fs(mb["hwm_dl"]),
