@@ -16,8 +16,11 @@ default. Pieces are 256 KiB (`mktorrent`'s default), the chunk size p2pfs
 uses for files of 1 GiB and more.
 """
 
+import datetime
+import json
 import os
 import re
+import socket
 import shutil
 import subprocess
 import time
@@ -46,8 +49,6 @@ def available():
 
 
 def free_port():
-    import socket
-
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -55,17 +56,19 @@ def free_port():
     return port
 
 
-class Seed:
-    """A tracker and a seeding aria2c for `src`, until `close`."""
+class Torrent:
+    """A torrent of `src` and an `opentracker` for it on `ip`, until
+    `close`."""
 
-    def __init__(self, work, src, logdir):
+    def __init__(self, work, src, logdir, ip="127.0.0.1", tag="bt"):
         self.src = src
-        self.dir = os.path.join(work, f"bt-{os.path.basename(src)}")
+        self.dir = os.path.join(work, f"{tag}-{os.path.basename(src)}")
         os.makedirs(self.dir, exist_ok=True)
         self.logdir = logdir
         self.procs = []
+        self.ip = ip
         self.tracker_port = free_port()
-        announce = f"http://127.0.0.1:{self.tracker_port}/announce"
+        announce = f"http://{ip}:{self.tracker_port}/announce"
         self.torrent = os.path.join(self.dir, "f.torrent")
         H.remove(self.torrent)
         subprocess.run(["mktorrent", "-a", announce, "-o", self.torrent, src],
@@ -77,27 +80,29 @@ class Seed:
             f.write(self.info_hash + "\n")
         # Run as root, it changes its root to its working directory (-d) and
         # reads the whitelist there.
-        self._spawn("opentracker", ["opentracker", "-i", "127.0.0.1", "-p", str(self.tracker_port),
-                                    "-P", str(self.tracker_port), "-d", self.dir,
-                                    "-w", os.path.basename(whitelist)])
+        self.spawn("opentracker", ["opentracker", "-i", ip, "-p", str(self.tracker_port),
+                                   "-P", str(self.tracker_port), "-d", self.dir,
+                                   "-w", os.path.basename(whitelist)])
         # It reads the whitelist on a thread of its own after it starts
         # listening; an announce refused meanwhile is retried by aria2c only
         # minutes later.
         wait_for(self._authorized, 10, "opentracker did not accept the torrent")
-        self._spawn("aria2-seed", ["aria2c", *ARIA2_COMMON, f"--dir={os.path.dirname(src)}",
-                                   "--seed-ratio=0.0", "--bt-seed-unverified=true",
-                                   f"--listen-port={free_port()}", self.torrent])
-        wait_for(lambda: (self._scrape() or 0) >= 1, 30,
-                 lambda: "the aria2c seeder did not announce itself: "
-                 + self._log_tail("aria2-seed"))
 
-    def _spawn(self, tag, cmd):
+    def wait_seeders(self, n, secs, tag):
+        """Waits until the tracker lists `n` seeders; `tag` names the log
+        to quote if it does not."""
+        wait_for(lambda: (self._scrape() or 0) >= n, secs,
+                 lambda: f"{tag} did not announce itself: " + self._log_tail(tag))
+
+    def spawn(self, tag, cmd):
+        """Starts `cmd`, its output in the log `tag`; stopped by `close`."""
         log = open(os.path.join(self.logdir, f"{tag}.log"), "ab")
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
                              start_new_session=True)
         log.close()
         self.procs.append(p)
         H.CLEANUP.add(lambda: stop(p))
+        return p
 
     def _log_tail(self, tag):
         try:
@@ -108,7 +113,7 @@ class Seed:
 
     def _get(self, path):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.tracker_port}{path}",
+            with urllib.request.urlopen(f"http://{self.ip}:{self.tracker_port}{path}",
                                         timeout=2) as r:
                 return r.read()
         except OSError:
@@ -137,6 +142,23 @@ class Seed:
             return None
         m = re.search(rb"8:completei(\d+)e", body)
         return int(m.group(1)) if m else 0
+
+    def close(self):
+        for p in self.procs:
+            stop(p)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Seed(Torrent):
+    """A torrent of `src` on loopback with an `aria2c` seeding it, for
+    single-source fetches."""
+
+    def __init__(self, work, src, logdir):
+        super().__init__(work, src, logdir)
+        self.spawn("aria2-seed", ["aria2c", *ARIA2_COMMON, f"--dir={os.path.dirname(src)}",
+                                  "--seed-ratio=0.0", "--bt-seed-unverified=true",
+                                  f"--listen-port={free_port()}", self.torrent])
+        self.wait_seeders(1, 30, "aria2-seed")
 
     def fetch(self, size, timeout=600):
         """A fresh aria2c downloads and checks the whole file into a new
@@ -167,10 +189,118 @@ class Seed:
             raise RuntimeError(f"aria2c fetch failed (exit {r.returncode}); see aria2-fetch.log")
         return secs, transfer_secs(info)
 
-    def close(self):
-        for p in self.procs:
+
+# Ports of each namespaced aria2c (every host has its own addresses).
+PEER_PORT = 6881
+RPC_PORT = 6800
+
+
+def swarm_once(torrent, net, size, n, root, timeout):
+    """One BitTorrent distribution in the namespaces of `net` (bench/swarm.py):
+    an aria2c seeder on host 0 and `n` aria2c leechers on hosts 1..n, each
+    leecher started paused, then all unpaused at once over JSON-RPC (as
+    p2pfs's daemons are running before their fetches are issued). Leechers
+    keep seeding once complete, as p2pfs peers keep serving.
+
+    Returns each leecher's completion, in seconds from the unpause: the
+    moment its log says "The download was complete." right after its last
+    piece matched its hash. (aria2c prints "Download complete" only when
+    it stops seeding.)"""
+    procs = []
+    try:
+        procs.append(torrent.spawn(f"bt-seed-{n}", [
+            "ip", "netns", "exec", net.ns(0), "aria2c", *ARIA2_COMMON,
+            f"--dir={os.path.dirname(torrent.src)}", "--seed-ratio=0.0",
+            "--bt-seed-unverified=true", f"--listen-port={PEER_PORT}", torrent.torrent]))
+        torrent.wait_seeders(1, 30, f"bt-seed-{n}")
+        logs = []
+        for i in range(1, n + 1):
+            d = os.path.join(root, f"bt{i}")
+            os.makedirs(d)
+            logs.append(os.path.join(root, f"bt{i}.log"))
+            procs.append(torrent.spawn(f"bt-leech-{i}", [
+                "ip", "netns", "exec", net.ns(i), "aria2c", *ARIA2_COMMON, f"--dir={d}",
+                "--seed-ratio=0.0", f"--listen-port={PEER_PORT}", f"--log={logs[-1]}",
+                "--log-level=info", "--enable-rpc=true", "--rpc-listen-all=true",
+                f"--rpc-listen-port={RPC_PORT}", "--pause=true", torrent.torrent]))
+        hosts = [net.ip(i) for i in range(1, n + 1)]
+        for h in hosts:
+            wait_for(lambda h=h: rpc(h, "aria2.getVersion") is not None, 30,
+                     f"aria2c on {h} did not answer JSON-RPC")
+        t0 = unpause_together(hosts)
+        end = time.time() + timeout
+        done = [None] * n
+        while None in done:
+            if time.time() > end:
+                raise RuntimeError(f"BitTorrent swarm: {done.count(None)} of {n} leechers "
+                                   f"not done after {timeout:.0f} s")
+            for j, log in enumerate(logs):
+                if done[j] is None:
+                    done[j] = completed_at(log)
+            time.sleep(0.2)
+        for i in range(1, n + 1):
+            got = os.path.join(root, f"bt{i}", os.path.basename(torrent.src))
+            if os.path.getsize(got) != size:
+                raise RuntimeError("BitTorrent swarm: a leecher's file has the wrong size")
+        return [t - t0 for t in done]
+    finally:
+        for p in procs:
             stop(p)
-        shutil.rmtree(self.dir, ignore_errors=True)
+            if p in torrent.procs:
+                torrent.procs.remove(p)
+
+
+def rpc(host, method):
+    """aria2c's JSON-RPC `method` on `host`: its result, or None."""
+    body = json.dumps({"jsonrpc": "2.0", "id": "b", "method": method}).encode()
+    req = urllib.request.Request(f"http://{host}:{RPC_PORT}/jsonrpc", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return json.loads(r.read()).get("result")
+    except (OSError, ValueError):
+        return None
+
+
+def unpause_together(hosts):
+    """Sends `aria2.unpauseAll` to every host in one go (connections opened
+    first, then every request written, then the answers read). Returns the
+    wall-clock time just before the first request was written."""
+    body = json.dumps({"jsonrpc": "2.0", "id": "u", "method": "aria2.unpauseAll"}).encode()
+    socks = [socket.create_connection((h, RPC_PORT), timeout=10) for h in hosts]
+    try:
+        t0 = time.time()
+        for h, sock in zip(hosts, socks):
+            sock.sendall(f"POST /jsonrpc HTTP/1.1\r\nHost: {h}:{RPC_PORT}\r\n"
+                         "Content-Type: application/json\r\nConnection: close\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        for h, sock in zip(hosts, socks):
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            if b'"result":"OK"' not in answer:
+                raise RuntimeError(f"aria2c on {h} refused unpauseAll: {answer[:300]!r}")
+    finally:
+        for sock in socks:
+            sock.close()
+    return t0
+
+
+def completed_at(log):
+    """Wall-clock time (seconds since the epoch) at which an aria2c info log
+    says the download is complete, or None yet. (The same words also follow
+    each tracker request; only the ones right after a piece count.)"""
+    previous = ""
+    try:
+        with open(log, errors="replace") as f:
+            for line in f:
+                if "The download was complete." in line and "we got new piece" in previous:
+                    return datetime.datetime.strptime(line[:26],
+                                                      "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                previous = line
+    except OSError:
+        pass
+    return None
 
 
 def transfer_secs(log):

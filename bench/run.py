@@ -578,11 +578,18 @@ def bench_swarm(ctx):
     src = ctx.file(size)
     net = S.Net(max(ns_list) + 1, rate_mbit=rate)
     out = {}
+    # BitTorrent in the same namespaces, each repetition right after
+    # p2pfs's, when its tools are installed.
+    bt = BT.available()
+    if not bt:
+        H.log("swarm: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
     try:
         net.up()
         for n in ns_list:
-            rec = {k: [] for k in ("median", "last", "ratio_median", "ratio_last", "seed_up")}
+            rec = {k: [] for k in ("median", "last", "ratio_median", "ratio_last", "seed_up",
+                                   "bt_median", "bt_last", "bt_ratio_median", "bt_ratio_last")}
             curves = []
+            bt_curves = []
             bound = S.bound(size, n, rate)
             for i in range(ctx.runs):
                 times, up = S.run_once(ctx, net, src, size, n)
@@ -596,13 +603,34 @@ def bench_swarm(ctx):
                 H.log(f"swarm N={n} run {i + 1}: median {med:.2f}s last {last:.2f}s "
                       f"(bound {bound['D']:.2f}s); seeder uploaded {up['seed_up']:.2f} F, "
                       f"leechers {min(up['leecher_up']):.2f}-{max(up['leecher_up']):.2f} F")
+                if bt:
+                    bt_once(ctx, src, net, size, n, bound, rec, bt_curves, i)
             out[str(n)] = {**{k: H.summary(v) for k, v in rec.items()}, **bound,
-                           "curves": curves}
+                           "curves": curves, "bt_curves": bt_curves}
     finally:
         net.down()
     out["size"] = size
     out["rate_mbit"] = rate
     return out
+
+
+def bt_once(ctx, src, net, size, n, bound, rec, curves, i):
+    """Repetition `i` of the BitTorrent swarm (bittorrent.swarm_once), with
+    a tracker of its own; appends to `rec` and `curves`."""
+    root = ctx.fresh_dir(f"bt-swarm{n}")
+    torrent = BT.Torrent(root, src, ctx.logdir, ip=f"{S.SUBNET}.254")
+    try:
+        done = BT.swarm_once(torrent, net, size, n, root, timeout=max(300, 20 * bound["D"]))
+    finally:
+        torrent.close()
+        shutil.rmtree(root, ignore_errors=True)
+    med, last = statistics.median(done), max(done)
+    rec["bt_median"].append(med)
+    rec["bt_last"].append(last)
+    rec["bt_ratio_median"].append(med / bound["D"])
+    rec["bt_ratio_last"].append(last / bound["D"])
+    curves.append(sorted(done))
+    H.log(f"swarm N={n} run {i + 1}, BitTorrent (aria2c): median {med:.2f}s last {last:.2f}s")
 
 
 def bench_tracker(ctx):
@@ -834,6 +862,12 @@ def table(results):
                     fs(r_tcp))
             if "seed_up" in x:
                 row(b, "seeder uploaded, file sizes (ideal 1)", fs(x["seed_up"]))
+            if x.get("bt_median", {}).get("n"):
+                row(b, "BitTorrent (aria2c), same hosts: median leecher done, s",
+                    fs(x["bt_median"]))
+                row(b, "BitTorrent (aria2c): last leecher done, s", fs(x["bt_last"]))
+                row(b, "BitTorrent (aria2c): median / D", fs(x["bt_ratio_median"]))
+                row(b, "BitTorrent (aria2c): last / D", fs(x["bt_ratio_last"]))
     elif r:
         row("3. swarm", "skipped", r["skipped"])
     r = results.get("tracker")

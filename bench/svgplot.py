@@ -1,6 +1,7 @@
 """A small SVG writer for the swarm plot: leechers completed over time, one
-panel per swarm size, every repetition drawn as a step curve, with the lower
-bound D and the client-server time N·F/u_s as vertical lines.
+panel per swarm size, every repetition drawn as a step curve (p2pfs in blue,
+BitTorrent on the same hosts in orange when measured), with the lower bound
+D and the client-server time N·F/u_s as vertical lines.
 Python 3 standard library only (no matplotlib)."""
 
 from xml.sax.saxutils import escape
@@ -19,9 +20,10 @@ def _nice_step(span, ticks=5):
 
 def _panel(x0, n, data):
     curves = data["curves"]
+    bt_curves = data.get("bt_curves") or []
     d = data["D"]
     cs = data["client_server"]
-    tmax = max([max(c) for c in curves] + [d]) * 1.08
+    tmax = max([max(c) for c in curves + bt_curves] + [d]) * 1.08
     show_cs = cs <= tmax * 1.6
     if show_cs:
         tmax = max(tmax, cs * 1.04)
@@ -60,14 +62,16 @@ def _panel(x0, n, data):
                    f'stroke="#777" stroke-dasharray="2,3"/>'
                    f'<text x="{sx(cs) - 3:.1f}" y="{MT + 26}" fill="#777" text-anchor="end">'
                    f'N·F/u_s</text>')
-    for i, c in enumerate(curves):
-        pts = [f"{sx(0):.1f},{sy(0):.1f}"]
-        for k, t in enumerate(sorted(c), start=1):
-            pts.append(f"{sx(t):.1f},{sy(k - 1):.1f}")
-            pts.append(f"{sx(t):.1f},{sy(k):.1f}")
-        colour = "#1f5fbf" if i == 0 else "#6f9fdf"
-        out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" '
-                   f'stroke-opacity="0.75" stroke-width="1.3"/>')
+    for group, first, rest in ((bt_curves, "#d9730d", "#f0a860"),
+                               (curves, "#1f5fbf", "#6f9fdf")):
+        for i, c in enumerate(group):
+            pts = [f"{sx(0):.1f},{sy(0):.1f}"]
+            for k, t in enumerate(sorted(c), start=1):
+                pts.append(f"{sx(t):.1f},{sy(k - 1):.1f}")
+                pts.append(f"{sx(t):.1f},{sy(k):.1f}")
+            colour = first if i == 0 else rest
+            out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" '
+                       f'stroke-opacity="0.75" stroke-width="1.3"/>')
     return out
 
 
@@ -79,7 +83,9 @@ def swarm_plot(swarm, path):
              f'<rect width="{width}" height="{H + 22}" fill="white"/>']
     for i, k in enumerate(keys):
         parts += _panel(i * W, int(k), swarm[k])
-    note = (f"p2pfs swarm: {swarm['size'] / 2**20:.0f} MiB file, every host's upload "
+    bt = any(swarm[k].get("bt_curves") for k in keys)
+    note = (f"p2pfs swarm{' (blue) and BitTorrent, aria2c (orange)' if bt else ''}: "
+            f"{swarm['size'] / 2**20:.0f} MiB file, every host's upload "
             f"{swarm['rate_mbit']} Mbit/s (tc tbf), one curve per repetition; y: leechers done")
     parts.append(f'<text x="8" y="{H + 16}" fill="#333">{escape(note)}</text>')
     parts.append("</svg>")
