@@ -144,8 +144,8 @@ class Torrent:
         return int(m.group(1)) if m else 0
 
     def close(self):
-        for p in self.procs:
-            stop(p)
+        stop_all(self.procs)
+        self.procs = []
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -244,16 +244,15 @@ def swarm_once(torrent, net, size, n, root, timeout):
                 raise RuntimeError("BitTorrent swarm: a leecher's file has the wrong size")
         return [t - t0 for t in done]
     finally:
+        stop_all(procs)
         for p in procs:
-            stop(p)
-            if p in torrent.procs:
-                torrent.procs.remove(p)
+            torrent.procs.remove(p)
 
 
-def rpc(host, method):
+def rpc(host, method, port=RPC_PORT):
     """aria2c's JSON-RPC `method` on `host`: its result, or None."""
     body = json.dumps({"jsonrpc": "2.0", "id": "b", "method": method}).encode()
-    req = urllib.request.Request(f"http://{host}:{RPC_PORT}/jsonrpc", data=body,
+    req = urllib.request.Request(f"http://{host}:{port}/jsonrpc", data=body,
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
@@ -262,16 +261,18 @@ def rpc(host, method):
         return None
 
 
-def unpause_together(hosts):
-    """Sends `aria2.unpauseAll` to every host in one go (connections opened
-    first, then every request written, then the answers read). Returns the
-    wall-clock time just before the first request was written."""
+def unpause_together(hosts, ports=None):
+    """Sends `aria2.unpauseAll` to every host (JSON-RPC on `ports`, one per
+    host, or RPC_PORT) in one go: connections opened first, then every
+    request written, then the answers read. Returns the wall-clock time
+    just before the first request was written."""
     body = json.dumps({"jsonrpc": "2.0", "id": "u", "method": "aria2.unpauseAll"}).encode()
-    socks = [socket.create_connection((h, RPC_PORT), timeout=10) for h in hosts]
+    ports = ports or [RPC_PORT] * len(hosts)
+    socks = [socket.create_connection((h, p), timeout=10) for h, p in zip(hosts, ports)]
     try:
         t0 = time.time()
         for h, sock in zip(hosts, socks):
-            sock.sendall(f"POST /jsonrpc HTTP/1.1\r\nHost: {h}:{RPC_PORT}\r\n"
+            sock.sendall(f"POST /jsonrpc HTTP/1.1\r\nHost: {h}\r\n"
                          "Content-Type: application/json\r\nConnection: close\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         for h, sock in zip(hosts, socks):
@@ -284,6 +285,70 @@ def unpause_together(hosts):
         for sock in socks:
             sock.close()
     return t0
+
+
+def crowd_once(torrent, size, k, root, timeout):
+    """Benchmark 7 with BitTorrent: an aria2c seeder and `k` aria2c
+    downloaders on loopback, each started paused, then all unpaused at once
+    over JSON-RPC. Downloaders go on seeding once complete (as p2pfs peers
+    go on serving); each records the moment its download completes with
+    aria2c's --on-bt-download-complete hook (run before it starts seeding).
+
+    Returns each downloader's completion, in seconds from the unpause."""
+    procs = []
+    os.makedirs(root, exist_ok=True)
+    done_file = os.path.join(root, "done.txt")
+    hook = os.path.join(root, "done.sh")
+    with open(hook, "w") as f:
+        f.write(f'#!/bin/sh\nprintf "%s %s\\n" "$(date +%s.%N)" "$3" >> {done_file}\n')
+    os.chmod(hook, 0o755)
+    try:
+        procs.append(torrent.spawn("bt-crowd-seed", [
+            "aria2c", *ARIA2_COMMON, f"--dir={os.path.dirname(torrent.src)}",
+            "--seed-ratio=0.0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
+            torrent.torrent]))
+        torrent.wait_seeders(1, 30, "bt-crowd-seed")
+        ports = []
+        for j in range(k):
+            d = os.path.join(root, f"c{j}")
+            os.makedirs(d)
+            ports.append(free_port())
+            procs.append(torrent.spawn("bt-crowd", [
+                "aria2c", *ARIA2_COMMON, f"--dir={d}", "--seed-ratio=0.0",
+                f"--listen-port={free_port()}", "--enable-rpc=true",
+                f"--rpc-listen-port={ports[-1]}", "--pause=true",
+                f"--on-bt-download-complete={hook}", torrent.torrent]))
+        for port in ports:
+            wait_for(lambda port=port: rpc("127.0.0.1", "aria2.getVersion", port) is not None,
+                     60, f"aria2c with JSON-RPC on port {port} did not answer")
+        t0 = unpause_together(["127.0.0.1"] * k, ports)
+        end = time.time() + timeout
+        while True:
+            stamps = read_done(done_file)
+            if len(stamps) >= k:
+                break
+            if time.time() > end:
+                raise RuntimeError(f"BitTorrent crowd: {k - len(stamps)} of {k} downloaders "
+                                   f"not done after {timeout:.0f} s")
+            time.sleep(0.2)
+        for j in range(k):
+            got = os.path.join(root, f"c{j}", os.path.basename(torrent.src))
+            if os.path.getsize(got) != size:
+                raise RuntimeError("BitTorrent crowd: a downloader's file has the wrong size")
+        return [t - t0 for t in stamps]
+    finally:
+        stop_all(procs)
+        for p in procs:
+            torrent.procs.remove(p)
+
+
+def read_done(path):
+    """The completion times the crowd's hook wrote so far."""
+    try:
+        with open(path) as f:
+            return [float(line.split()[0]) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []
 
 
 def completed_at(log):
@@ -337,6 +402,21 @@ def wait_for(cond, secs, what):
             return
         time.sleep(0.1)
     raise RuntimeError(what() if callable(what) else what)
+
+
+def stop_all(procs, secs=10):
+    """SIGTERM to every process at once, then SIGKILL to those still
+    running after `secs` (aria2c says goodbye to its tracker first)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    end = time.monotonic() + secs
+    for p in procs:
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def stop(p):

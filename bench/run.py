@@ -478,7 +478,10 @@ def many_runs(ctx, k, size, src, need, mnt):
     if H.free_bytes(mnt or ctx.work) < need:
         raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
-                             "hwm_dl_max", "rss_sum", "floor", "vs_floor")}
+                             "hwm_dl_max", "rss_sum", "floor", "vs_floor", "bt_total",
+                             "bt_median", "vs_bt")}
+    if not BT.available():
+        H.log("many: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
     failed = []
     for i in range(ctx.runs):
         try:
@@ -561,10 +564,31 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         H.log(f"many run {i + 1}: {len(dls)} downloaders total {total:.2f}s, single "
               f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}; writing their bytes "
               f"alone {floor:.2f}s")
+        if BT.available():
+            bt_crowd(ctx, root, src, size, len(dls), rec)
     finally:
         H.stop_all([seed, tracker] + dls)
         shutil.rmtree(root, ignore_errors=True)
         H.sync()
+
+
+def bt_crowd(ctx, root, src, size, k, rec):
+    """The same crowd with BitTorrent (bittorrent.crowd_once), into the same
+    folder once p2pfs's files are gone; appends to `rec`."""
+    torrent = BT.Torrent(root, src, ctx.logdir, tag="bt-crowd")
+    try:
+        done = BT.crowd_once(torrent, size, k, os.path.join(root, "bt-crowd"),
+                             timeout=ctx.args.many_timeout)
+    finally:
+        torrent.close()
+        shutil.rmtree(os.path.join(root, "bt-crowd"), ignore_errors=True)
+        H.sync()
+    total = max(done)
+    rec["bt_total"].append(total)
+    rec["bt_median"].append(statistics.median(done))
+    rec["vs_bt"].append(total / rec["total"][-1])
+    H.log(f"many: BitTorrent (aria2c), {k} downloaders: all done {total:.2f}s, median "
+          f"{statistics.median(done):.2f}s")
 
 
 def bench_swarm(ctx):
@@ -836,6 +860,11 @@ def table(results):
             row(b, f"writing {r['downloaders']} × {size_label(r['size'])} of zeros there alone "
                 "(2 × `dd`, right after), s", fs(r["floor"]))
             row(b, "total / that write alone", fs(r["vs_floor"]))
+        if r.get("bt_total", {}).get("n"):
+            row(b, "BitTorrent (aria2c), the same crowd right after: all done, s",
+                fs(r["bt_total"]))
+            row(b, "BitTorrent (aria2c): median downloader done, s", fs(r["bt_median"]))
+            row(b, "aria2c's all done / p2pfs's all done (p2pfs's speed-up)", fs(r["vs_bt"]))
         mb = H.summary([v / H.MiB for v in r["hwm_seed"]["values"]])
         row(b, "seeder peak RSS, MiB", fs(mb))
         mb = H.summary([v / H.MiB for v in r["hwm_dl_max"]["values"]])
