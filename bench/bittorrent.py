@@ -49,11 +49,23 @@ def available():
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """`n` distinct ports free on loopback now. (All are held until all are
+    chosen: one at a time, the kernel may hand out the same port twice, and
+    a crowd of 200 aria2c once had two of them fail to bind.)"""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Torrent:
@@ -66,6 +78,7 @@ class Torrent:
         os.makedirs(self.dir, exist_ok=True)
         self.logdir = logdir
         self.procs = []
+        H.CLEANUP.add(self.stop_procs)
         self.ip = ip
         self.tracker_port = free_port()
         announce = f"http://{ip}:{self.tracker_port}/announce"
@@ -101,8 +114,12 @@ class Torrent:
                              start_new_session=True)
         log.close()
         self.procs.append(p)
-        H.CLEANUP.add(lambda: stop(p))
         return p
+
+    def stop_procs(self):
+        """Stops every process it started that is still listed."""
+        stop_all(self.procs)
+        self.procs = []
 
     def _log_tail(self, tag):
         try:
@@ -144,8 +161,7 @@ class Torrent:
         return int(m.group(1)) if m else 0
 
     def close(self):
-        stop_all(self.procs)
-        self.procs = []
+        self.stop_procs()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -308,15 +324,15 @@ def crowd_once(torrent, size, k, root, timeout):
             "--seed-ratio=0.0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
             torrent.torrent]))
         torrent.wait_seeders(1, 30, "bt-crowd-seed")
-        ports = []
+        free = free_ports(2 * k)
+        ports = free[:k]
         for j in range(k):
             d = os.path.join(root, f"c{j}")
             os.makedirs(d)
-            ports.append(free_port())
             procs.append(torrent.spawn("bt-crowd", [
                 "aria2c", *ARIA2_COMMON, f"--dir={d}", "--seed-ratio=0.0",
-                f"--listen-port={free_port()}", "--enable-rpc=true",
-                f"--rpc-listen-port={ports[-1]}", "--pause=true",
+                f"--listen-port={free[k + j]}", "--enable-rpc=true",
+                f"--rpc-listen-port={ports[j]}", "--pause=true",
                 f"--on-bt-download-complete={hook}", torrent.torrent]))
         for port in ports:
             wait_for(lambda port=port: rpc("127.0.0.1", "aria2.getVersion", port) is not None,
@@ -329,7 +345,8 @@ def crowd_once(torrent, size, k, root, timeout):
                 break
             if time.time() > end:
                 raise RuntimeError(f"BitTorrent crowd: {k - len(stamps)} of {k} downloaders "
-                                   f"not done after {timeout:.0f} s")
+                                   f"not done after {timeout:.0f} s"
+                                   + stopped_downloads(ports))
             time.sleep(0.2)
         for j in range(k):
             got = os.path.join(root, f"c{j}", os.path.basename(torrent.src))
@@ -340,6 +357,25 @@ def crowd_once(torrent, size, k, root, timeout):
         stop_all(procs)
         for p in procs:
             torrent.procs.remove(p)
+
+
+def stopped_downloads(ports):
+    """Why downloads of the aria2c processes with JSON-RPC on `ports`
+    stopped with an error, if any did (for the failure message)."""
+    why = set()
+    for port in ports:
+        body = json.dumps({"jsonrpc": "2.0", "id": "s", "method": "aria2.tellStopped",
+                           "params": [0, 10, ["status", "errorMessage"]]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/jsonrpc", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                for d in json.loads(r.read()).get("result", []):
+                    if d.get("status") == "error":
+                        why.add(d.get("errorMessage", "").strip())
+        except (OSError, ValueError):
+            continue
+    return f"; aria2c errors: {sorted(why)}" if why else ""
 
 
 def read_done(path):

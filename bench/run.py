@@ -479,7 +479,7 @@ def many_runs(ctx, k, size, src, need, mnt):
         raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
                              "hwm_dl_max", "rss_sum", "floor", "vs_floor", "bt_total",
-                             "bt_median", "vs_bt")}
+                             "bt_median", "vs_bt", "bt_failed")}
     if not BT.available():
         H.log("many: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
     failed = []
@@ -491,7 +491,9 @@ def many_runs(ctx, k, size, src, need, mnt):
             failed.append(f"run {i + 1}: {e!r}")
     if not rec["total"]:
         raise RuntimeError(f"every repetition failed: {failed}")
+    bt_failed = rec.pop("bt_failed")
     res = {k_: H.summary(v) for k_, v in rec.items()}
+    res["bt_failed"] = bt_failed
     res["size"] = size
     res["downloaders"] = k
     res["singles"] = 1 if ctx.args.quick else MANY_SINGLES
@@ -565,7 +567,11 @@ def many_once(ctx, i, k, size, src, mnt, rec):
               f"{single:.3f}s, ratio {total / (len(dls) * single):.3f}; writing their bytes "
               f"alone {floor:.2f}s")
         if BT.available():
-            bt_crowd(ctx, root, src, size, len(dls), rec)
+            try:
+                bt_crowd(ctx, root, src, size, len(dls), rec)
+            except Exception as e:  # noqa: BLE001 - the reference failed, not p2pfs
+                H.log(f"many run {i + 1}: BitTorrent reference FAILED: {e!r}")
+                rec["bt_failed"].append(f"run {i + 1}: {e!r}")
     finally:
         H.stop_all([seed, tracker] + dls)
         shutil.rmtree(root, ignore_errors=True)
@@ -630,10 +636,15 @@ def bench_swarm(ctx):
             # BitTorrent's repetitions after all of p2pfs's, so that nothing
             # left of one (connections closing, files being freed) can touch
             # the other.
+            bt_failed = []
             for i in range(ctx.runs if bt else 0):
-                bt_once(ctx, src, net, size, n, bound, rec, bt_curves, i)
+                try:
+                    bt_once(ctx, src, net, size, n, bound, rec, bt_curves, i)
+                except Exception as e:  # noqa: BLE001 - the reference failed, not p2pfs
+                    H.log(f"swarm N={n} run {i + 1}: BitTorrent reference FAILED: {e!r}")
+                    bt_failed.append(f"run {i + 1}: {e!r}")
             out[str(n)] = {**{k: H.summary(v) for k, v in rec.items()}, **bound,
-                           "curves": curves, "bt_curves": bt_curves}
+                           "curves": curves, "bt_curves": bt_curves, "bt_failed": bt_failed}
     finally:
         net.down()
     out["size"] = size
@@ -868,6 +879,8 @@ def table(results):
                 fs(r["bt_total"]))
             row(b, "BitTorrent (aria2c): median downloader done, s", fs(r["bt_median"]))
             row(b, "aria2c's all done / p2pfs's all done (p2pfs's speed-up)", fs(r["vs_bt"]))
+        if r.get("bt_failed"):
+            row(b, "BitTorrent repetitions that failed (left out)", "; ".join(r["bt_failed"]))
         mb = H.summary([v / H.MiB for v in r["hwm_seed"]["values"]])
         row(b, "seeder peak RSS, MiB", fs(mb))
         mb = H.summary([v / H.MiB for v in r["hwm_dl_max"]["values"]])
@@ -900,6 +913,8 @@ def table(results):
                 row(b, "BitTorrent (aria2c): last leecher done, s", fs(x["bt_last"]))
                 row(b, "BitTorrent (aria2c): median / D", fs(x["bt_ratio_median"]))
                 row(b, "BitTorrent (aria2c): last / D", fs(x["bt_ratio_last"]))
+            if x.get("bt_failed"):
+                row(b, "BitTorrent repetitions that failed (left out)", "; ".join(x["bt_failed"]))
     elif r:
         row("3. swarm", "skipped", r["skipped"])
     r = results.get("tracker")
