@@ -471,6 +471,7 @@ def bench_many(ctx):
         if mnt:
             subprocess.run(["umount", mnt], capture_output=True)
     res["medium"] = "tmpfs" if mnt else "disk"
+    res["security"] = ctx.args.many_security
     return res
 
 
@@ -511,7 +512,7 @@ def many_once(ctx, i, k, size, src, mnt, rec):
     t_up = time.monotonic()
     singles = 1 if ctx.args.quick else MANY_SINGLES
     root, tracker, (seed,), dls = swarm_up(ctx, src, ["f"], downloaders=k + singles, tag="many",
-                                           base=mnt)
+                                           security=ctx.args.many_security, base=mnt)
     startup = time.monotonic() - t_up
     try:
         ctx.prepare_cache(src)
@@ -862,8 +863,9 @@ def table(results):
             met(rp, lambda v: v < 50))
     r = results.get("many")
     if r:
+        sec = {"plain": ", --insecure"}.get(r.get("security", "aes-gcm"), "")
         b = (f"7. many downloaders ({r['downloaders']} × {size_label(r['size'])}, "
-             f"files on {r.get('medium', 'disk')})")
+             f"files on {r.get('medium', 'disk')}{sec})")
         row(b, "all done, s", fs(r["total"]))
         row(b, "median downloader done, s", fs(r["median_dl"]))
         row(b, f"one downloader alone (median of {r.get('singles', 1)} in a row, same seeder, "
@@ -976,6 +978,9 @@ def main():
                          "=2097152 (the memcpy alignment trap of CRATES.md)")
     ap.add_argument("--many", type=int, default=200,
                     help="downloaders for benchmark 7 (one peer process each)")
+    ap.add_argument("--many-security", default="aes-gcm",
+                    choices=["aes-gcm", "chacha-poly", "plain"],
+                    help="benchmark 7's connections (plain: --insecure, as BitTorrent's)")
     ap.add_argument("--many-disk", action="store_true",
                     help="benchmark 7: downloads to the workdir's disk, not to a tmpfs")
     ap.add_argument("--many-timeout", type=float, default=300,
