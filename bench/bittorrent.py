@@ -1,19 +1,21 @@
-"""A BitTorrent reference for the benchmarks: Debian's `aria2c` as seeder
-and downloader, `opentracker` as the tracker and `mktorrent` to make the
-torrent, all on loopback.
+"""BitTorrent references for the benchmarks: Debian's `aria2c` as seeder
+and downloaders, `opentracker` as the tracker and `mktorrent` to make the
+torrent. Three uses, each in the same run as p2pfs:
 
-The issue that set the goals measured "BitTorrent from aria2 to aria2c
-about 4.8 s including start-up" for 1 GiB; this runs the same comparison
-in the same run as p2pfs. The downloader is a fresh `aria2c` per fetch,
-timed from its start to its exit (it exits once the file is complete and
-every piece has matched its SHA-1), so its figure includes the start of
-one process, its tracker announce and the connection to the seeder.
+- benchmark 1 (`Seed.fetch`): one aria2c seeder and a fresh aria2c
+  downloader per repetition on loopback, timed from its start to its exit
+  (the issue that set the goals measured "BitTorrent from aria2 to aria2c
+  about 4.8 s including start-up" for 1 GiB) and from its first piece to
+  its last;
+- benchmark 3 (`swarm_once`): a seeder and N leechers in the network
+  namespaces of bench/swarm.py;
+- benchmark 7 (`crowd_once`): a seeder and K downloaders on loopback.
 
-Only the options that keep the transfer between these two processes are
-set (no DHT, no local peer discovery, no peer exchange), plus space
-allocated up front (`falloc`, as p2pfs does); everything else is aria2's
-default. Pieces are 256 KiB (`mktorrent`'s default), the chunk size p2pfs
-uses for files of 1 GiB and more.
+Only the options that keep the transfers among these processes are set
+(no DHT, no local peer discovery, no peer exchange), plus space allocated
+up front (`falloc`, as p2pfs does); everything else is aria2's default,
+including unencrypted connections. Pieces are 256 KiB (`mktorrent`'s
+default), each checked against its SHA-1 as it arrives.
 """
 
 import datetime
