@@ -50,26 +50,6 @@ def available():
     return all(shutil.which(t) for t in TOOLS)
 
 
-def free_port():
-    return free_ports(1)[0]
-
-
-def free_ports(n):
-    """`n` distinct ports free on loopback now. (All are held until all are
-    chosen: one at a time, the kernel may hand out the same port twice, and
-    a crowd of 200 aria2c once had two of them fail to bind.)"""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class Torrent:
     """A torrent of `src` and an `opentracker` for it on `ip`, until
     `close`."""
@@ -82,7 +62,7 @@ class Torrent:
         self.procs = []
         H.CLEANUP.add(self.stop_procs)
         self.ip = ip
-        self.tracker_port = free_port()
+        self.tracker_port = H.free_port()
         announce = f"http://{ip}:{self.tracker_port}/announce"
         self.torrent = os.path.join(self.dir, "f.torrent")
         H.remove(self.torrent)
@@ -120,8 +100,12 @@ class Torrent:
 
     def stop_procs(self):
         """Stops every process it started that is still listed."""
-        stop_all(self.procs)
-        self.procs = []
+        self.stop(list(self.procs))
+
+    def stop(self, procs):
+        """Stops `procs`, some of the processes it started."""
+        stop_all(procs)
+        self.procs = [p for p in self.procs if p not in procs]
 
     def _log_tail(self, tag):
         try:
@@ -175,7 +159,7 @@ class Seed(Torrent):
         super().__init__(work, src, logdir)
         self.spawn("aria2-seed", ["aria2c", *ARIA2_COMMON, f"--dir={os.path.dirname(src)}",
                                   "--seed-ratio=0.0", "--bt-seed-unverified=true",
-                                  f"--listen-port={free_port()}", self.torrent])
+                                  f"--listen-port={H.free_port()}", self.torrent])
         self.wait_seeders(1, 30, "aria2-seed")
 
     def fetch(self, size, timeout=600):
@@ -196,7 +180,7 @@ class Seed(Torrent):
         with open(os.path.join(self.logdir, "aria2-fetch.log"), "ab") as log:
             t0 = time.monotonic()
             r = subprocess.run(["aria2c", *ARIA2_COMMON, f"--dir={dest}", "--seed-time=0",
-                                f"--listen-port={free_port()}", f"--log={info}",
+                                f"--listen-port={H.free_port()}", f"--log={info}",
                                 "--log-level=info", self.torrent],
                                stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
             secs = time.monotonic() - t0
@@ -256,15 +240,19 @@ def swarm_once(torrent, net, size, n, root, timeout):
                 if done[j] is None:
                     done[j] = completed_at(log)
             time.sleep(0.2)
-        for i in range(1, n + 1):
-            got = os.path.join(root, f"bt{i}", os.path.basename(torrent.src))
-            if os.path.getsize(got) != size:
-                raise RuntimeError("BitTorrent swarm: a leecher's file has the wrong size")
+        check_sizes(torrent, [os.path.join(root, f"bt{i}") for i in range(1, n + 1)], size,
+                    "BitTorrent swarm")
         return [t - t0 for t in done]
     finally:
-        stop_all(procs)
-        for p in procs:
-            torrent.procs.remove(p)
+        torrent.stop(procs)
+
+
+def check_sizes(torrent, dirs, size, what):
+    """Raises unless each of `dirs` holds the torrent's file at full size."""
+    for d in dirs:
+        got = os.path.join(d, os.path.basename(torrent.src))
+        if os.path.getsize(got) != size:
+            raise RuntimeError(f"{what}: {got} has the wrong size")
 
 
 def rpc(host, method, port=RPC_PORT):
@@ -323,10 +311,10 @@ def crowd_once(torrent, size, k, root, timeout):
     try:
         procs.append(torrent.spawn("bt-crowd-seed", [
             "aria2c", *ARIA2_COMMON, f"--dir={os.path.dirname(torrent.src)}",
-            "--seed-ratio=0.0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
+            "--seed-ratio=0.0", "--bt-seed-unverified=true", f"--listen-port={H.free_port()}",
             torrent.torrent]))
         torrent.wait_seeders(1, 30, "bt-crowd-seed")
-        free = free_ports(2 * k)
+        free = H.free_ports(2 * k)
         ports = free[:k]
         for j in range(k):
             d = os.path.join(root, f"c{j}")
@@ -350,15 +338,11 @@ def crowd_once(torrent, size, k, root, timeout):
                                    f"not done after {timeout:.0f} s"
                                    + stopped_downloads(ports))
             time.sleep(0.2)
-        for j in range(k):
-            got = os.path.join(root, f"c{j}", os.path.basename(torrent.src))
-            if os.path.getsize(got) != size:
-                raise RuntimeError("BitTorrent crowd: a downloader's file has the wrong size")
+        check_sizes(torrent, [os.path.join(root, f"c{j}") for j in range(k)], size,
+                    "BitTorrent crowd")
         return [t - t0 for t in stamps]
     finally:
-        stop_all(procs)
-        for p in procs:
-            torrent.procs.remove(p)
+        torrent.stop(procs)
 
 
 def stopped_downloads(ports):
@@ -456,12 +440,3 @@ def stop_all(procs, secs=10):
             p.kill()
             p.wait()
 
-
-def stop(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import statistics
+import socket
 import subprocess
 import sys
 import threading
@@ -113,6 +114,26 @@ def spawn(cmd, *, stdout=subprocess.PIPE, stderr=None, env=None, cwd=None):
 
 def run(cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, **kw)
+
+
+def free_port():
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """`n` distinct ports free on loopback now. (All are held until all are
+    chosen: one at a time, the kernel may hand out the same port twice, and
+    a crowd of 200 aria2c once had two of them fail to bind.)"""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 # ---------------------------------------------------------------- daemons

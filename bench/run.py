@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -96,14 +95,6 @@ def size_label(size):
 
 # ---------------------------------------------------------------- references
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def listening(port):
     want = f":{port:04X}"
     for table in ("/proc/net/tcp",):
@@ -153,7 +144,7 @@ def ref_tcpcopy(ctx, src, dst, pin=False):
 
 
 def ref_socat(ctx, src, dst):
-    port = free_port()
+    port = H.free_port()
     recv = H.spawn(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
                     f"OPEN:{dst},creat,trunc,wronly"], stdout=subprocess.DEVNULL, env=ctx.env)
     deadline = time.monotonic() + 10
