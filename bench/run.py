@@ -685,6 +685,9 @@ def bench_tracker(ctx):
                            "fill_secs")}
     open_keys = ("answered_rps", "p50_ms", "p99_ms", "max_ms", "service_p50_ms", "service_p99_ms")
     open_rec = {rate: {k: [] for k in open_keys} for rate in rates}
+    # Per rate and run: the worst latency of each 100 ms of the phase, to
+    # tell one stall from a tail spread over the run.
+    timelines = {rate: [] for rate in rates}
     errors = []
     for i in range(ctx.runs):
         root = ctx.fresh_dir("tracker")
@@ -712,6 +715,7 @@ def bench_tracker(ctx):
         for o in r["open"]:
             for k in open_keys:
                 open_rec[o["rate"]][k].append(o[k])
+            timelines[o["rate"]].append(o.get("timeline_max_ms", []))
             H.log(f"  open loop at {o['rate']:.0f} req/s: answered {o['answered_rps']:.0f}/s, "
                   f"p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms from the schedule "
                   f"(p99 {o['service_p99_ms']:.2f} ms from the write), "
@@ -723,7 +727,7 @@ def bench_tracker(ctx):
     res.update({"peers": peers, "files": files, "conns": conns, "secs": secs,
                 "depth": a.tracker_depth, "errors": errors, "rate_secs": rate_secs,
                 "open": [dict({k: H.summary(v) for k, v in open_rec[rate].items()}, rate=rate,
-                              batch=a.tracker_batch)
+                              batch=a.tracker_batch, timeline_max_ms=timelines[rate])
                          for rate in rates]})
     return res
 
@@ -933,6 +937,7 @@ def table(results):
             row(ob, "**p99 latency from the schedule, ms**", fs(o["p99_ms"]),
                 "< 5 at 200,000 req/s", ok)
             row(ob, "p99 latency from the write, ms", fs(o["service_p99_ms"]))
+            row(ob, "max latency from the schedule, ms", fs(o["max_ms"]))
         row(b, "tracker RSS at the end / peak, MiB", f"{fs(r['rss_mib'])} / {fs(r['hwm_mib'])}")
         row(b, "fill time (connect, register, publish), s", fs(r["fill_secs"]))
     head = ["| benchmark | figure | median (min–max) | goal | met |",

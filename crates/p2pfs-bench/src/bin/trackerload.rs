@@ -255,7 +255,14 @@ struct Tally {
     errors: u64,
     /// Open loop: requests still unanswered when the connection gave up.
     unanswered: u64,
+    /// Open loop: the worst latency of the requests scheduled in each
+    /// [`TIMELINE_STEP`] of the measured time, so a tail can be placed in
+    /// time (one stall, or spread over the run).
+    timeline_us: Vec<u32>,
 }
+
+/// Width of one step of an open-loop phase's latency timeline.
+const TIMELINE_STEP: Duration = Duration::from_millis(100);
 
 type Reader = tokio_util::codec::FramedRead<p2pfs_proto::secure::ReadHalf, p2pfs_proto::FrameCodec>;
 type Writer = p2pfs_proto::conn::FrameWriter<p2pfs_proto::secure::WriteHalf>;
@@ -369,6 +376,7 @@ async fn closed_loop(
 /// `interval` from a random phase, until `end`, whatever the replies do. Replies to requests
 /// scheduled from `measure_from` on are timed from their schedule and from
 /// their write. Waits at most `DRAIN` after `end` for the last replies.
+/// Returns the connection too, for [`open_loop_kept`] to close.
 async fn open_loop(
     i: usize,
     a: Arc<Args>,
@@ -377,7 +385,7 @@ async fn open_loop(
     start: Instant,
     measure_from: Instant,
     end: Instant,
-) -> Result<Tally> {
+) -> Result<(Tally, Reader, Writer)> {
     use futures::StreamExt;
     use p2pfs_proto::Frame;
     use std::collections::VecDeque;
@@ -404,8 +412,15 @@ async fn open_loop(
                     bail!("load peer {i}: a reply to no request");
                 };
                 if scheduled >= measure_from && expected(&msg, &mut t) {
-                    t.latencies_us.push(as_us(now - scheduled));
+                    let us = as_us(now - scheduled);
+                    t.latencies_us.push(us);
                     t.service_us.push(as_us(now - written));
+                    let step = ((scheduled - measure_from).as_nanos()
+                        / TIMELINE_STEP.as_nanos()) as usize;
+                    if t.timeline_us.len() <= step {
+                        t.timeline_us.resize(step + 1, 0);
+                    }
+                    t.timeline_us[step] = t.timeline_us[step].max(us);
                 }
             }
             () = tokio::time::sleep_until(next.into()), if next < end => {
@@ -429,7 +444,29 @@ async fn open_loop(
             }
         }
     }
-    Ok(t)
+    Ok((t, reader, writer))
+}
+
+/// [`open_loop`], keeping its connection open until every connection of
+/// the phase is done (`all_done`, failed ones included). A tracker forgets
+/// a departed peer's chunk registrations; a thousand peers leaving one by
+/// one as they finished, while others still waited for replies, kept the
+/// tracker busy for the last 150-200 ms of every phase, and the phase's
+/// latencies counted that as their own.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop_kept(
+    i: usize,
+    a: Arc<Args>,
+    contents: Arc<Vec<ContentId>>,
+    interval: Duration,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    all_done: Arc<tokio::sync::Barrier>,
+) -> Result<Tally> {
+    let r = open_loop(i, a, contents, interval, start, measure_from, end).await;
+    all_done.wait().await;
+    r.map(|(t, _reader, _writer)| t)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -449,6 +486,12 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Result<Tally>>>) -> Result<Ta
         all.service_us.extend(t.service_us);
         all.errors += t.errors;
         all.unanswered += t.unanswered;
+        if all.timeline_us.len() < t.timeline_us.len() {
+            all.timeline_us.resize(t.timeline_us.len(), 0);
+        }
+        for (a, b) in all.timeline_us.iter_mut().zip(&t.timeline_us) {
+            *a = (*a).max(*b);
+        }
     }
     all.latencies_us.sort_unstable();
     all.service_us.sort_unstable();
@@ -468,9 +511,10 @@ async fn open_phase(
     let warmup = Duration::from_secs(1);
     let measure_from = start + warmup;
     let end = measure_from + Duration::from_secs_f64(a.rate_secs);
+    let all_done = Arc::new(tokio::sync::Barrier::new(a.conns));
     let tasks: Vec<_> = (0..a.conns)
         .map(|k| {
-            tokio::spawn(open_loop(
+            tokio::spawn(open_loop_kept(
                 first_peer + k,
                 a.clone(),
                 contents.clone(),
@@ -478,6 +522,7 @@ async fn open_phase(
                 start,
                 measure_from,
                 end,
+                all_done.clone(),
             ))
         })
         .collect();
@@ -494,6 +539,8 @@ async fn open_phase(
         "service_p99_ms": percentile(&t.service_us, 0.99),
         "errors": t.errors,
         "unanswered": t.unanswered,
+        "timeline_step_ms": TIMELINE_STEP.as_millis(),
+        "timeline_max_ms": t.timeline_us.iter().map(|&us| f64::from(us) / 1000.0).collect::<Vec<_>>(),
     }))
 }
 
