@@ -293,12 +293,15 @@ def unpause_together(hosts, ports=None):
     return t0
 
 
-def crowd_once(torrent, size, k, root, timeout):
+def crowd_once(torrent, size, k, root, timeout, settle=None):
     """Benchmark 7 with BitTorrent: an aria2c seeder and `k` aria2c
     downloaders on loopback, each started paused, then all unpaused at once
     over JSON-RPC. Downloaders go on seeding once complete (as p2pfs peers
     go on serving); each records the moment its download completes with
     aria2c's --on-bt-download-complete hook (run before it starts seeding).
+
+    `settle`, if given, is called right before the unpause (see
+    `harness.settle_memory`).
 
     Returns each downloader's completion, in seconds from the unpause."""
     procs = []
@@ -327,6 +330,8 @@ def crowd_once(torrent, size, k, root, timeout):
         for port in ports:
             wait_for(lambda port=port: rpc("127.0.0.1", "aria2.getVersion", port) is not None,
                      60, f"aria2c with JSON-RPC on port {port} did not answer")
+        if settle:
+            settle()
         t0 = unpause_together(["127.0.0.1"] * k, ports)
         end = time.time() + timeout
         while True:

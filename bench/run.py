@@ -523,6 +523,11 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         H.sync()
         dls = dls[singles:]
         watchers = [H.EndWatcher(d.api) for d in dls]
+        # Both crowds start right after the same write and delete of their
+        # bytes, so that neither meets memory the VM's host has taken back
+        # while the other reuses memory it still backs (see "Many
+        # downloaders: what a first touch of memory costs on this VM").
+        H.settle_memory(root, len(dls) * size)
         ids, t0 = H.start_fetches_together(
             dls, "f", [os.path.join(root, f"out{j}") for j in range(len(dls))])
         ends = []
@@ -576,7 +581,8 @@ def bt_crowd(ctx, root, src, size, k, rec):
     torrent = BT.Torrent(root, src, ctx.logdir, tag="bt-crowd")
     try:
         done = BT.crowd_once(torrent, size, k, os.path.join(root, "bt-crowd"),
-                             timeout=ctx.args.many_timeout)
+                             timeout=ctx.args.many_timeout,
+                             settle=lambda: H.settle_memory(root, k * size))
     finally:
         torrent.close()
         shutil.rmtree(os.path.join(root, "bt-crowd"), ignore_errors=True)
