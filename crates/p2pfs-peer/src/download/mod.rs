@@ -8,9 +8,10 @@
 //! tracker in batches, publishes progress on a `watch` channel, and on
 //! completion checks the `.part` file and renames it into place.
 //!
-//! Received chunks are checked and written by the download's own
-//! `writer` thread, fed by a bounded queue; the main task waits for it to
-//! settle before it renames the file.
+//! Received chunks are checked and written by the task that received them,
+//! or, while the download's writes are slow, by its own `writer` thread fed
+//! by a bounded queue; the main task waits for that thread to settle before
+//! it renames the file.
 //!
 //! Lock order: `DownloadShared::sched` before `Holding::have`; both are
 //! std mutexes held only for short, await-free sections.
@@ -32,7 +33,7 @@ use rand::seq::SliceRandom;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::handle::PeerInner;
 use crate::repo::RowState;
@@ -44,8 +45,9 @@ use source::SourceEnd;
 /// download's chunks being verified and written, over all its sources (4
 /// sources at full depth, see `source::MAX_VERIFYING_BYTES`). Without a
 /// download-wide bound, a download with 32 sources held up to 32 MiB of
-/// received chunks waiting for its one writer thread, which cannot go
-/// faster for them; past it a source stops reading its connection and TCP
+/// received chunks waiting to be written, which cannot go faster for them
+/// (chunks then went to one writer thread); past it a source stops reading
+/// its connection and TCP
 /// pushes back on the sender. 200 downloaders of 64 MiB, 6 runs each: the
 /// largest downloader peaked at 36-44 MiB against 46-56 MiB.
 pub const VERIFYING_KIB: u32 = 4 * 1024;
@@ -438,6 +440,11 @@ async fn run(
     while sources.set.join_next().await.is_some() {}
     // A duplicate copy may still be on its way into the file.
     dl.writer.settle().await;
+    debug!(
+        name = %spec.name,
+        handed_off = dl.writer.handed_off(),
+        "chunks written on the writer thread (slow writes or large chunks)"
+    );
     flush_register(&peer, &dl).await;
     let state = match result {
         Ok(()) => match finish_file(&dl, &spec).await {
