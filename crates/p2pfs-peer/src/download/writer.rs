@@ -14,8 +14,8 @@
 //! never holds an async thread for long.
 //!
 //! Measured (BENCHMARKS.md, "Chunks written on the receiving task"): a
-//! 1 GiB fetch from one seeder took 5-19 % less time than with every chunk
-//! handed to the writer thread (medians of 6 alternating fetches, 6 sets),
+//! 1 GiB fetch from one seeder took 4-19 % less time than with every chunk
+//! handed to the writer thread (medians of 6 alternating fetches, 7 sets),
 //! and 200 downloaders on one machine 8-25 % less (2 pairs).
 
 use std::fs::File;
