@@ -23,7 +23,8 @@
 //! The generator runs on `--threads` threads (default 1).
 //!
 //! Prints one JSON object: requests/s, p50/p99/max latency in ms, errors,
-//! and `open`: one object per rate.
+//! and `open`: one object per rate, with the worst latency of each 100 ms
+//! of the phase (`timeline_max_ms`).
 //! The tracker's memory is read by the caller (`bench/run.py`).
 //!
 //! ```sh
@@ -376,7 +377,7 @@ async fn closed_loop(
 /// `interval` from a random phase, until `end`, whatever the replies do. Replies to requests
 /// scheduled from `measure_from` on are timed from their schedule and from
 /// their write. Waits at most `DRAIN` after `end` for the last replies.
-/// Returns the connection too, for [`open_loop_kept`] to close.
+/// Returns the connection too, for [`open_phase`] to close.
 async fn open_loop(
     i: usize,
     a: Arc<Args>,
@@ -447,28 +448,6 @@ async fn open_loop(
     Ok((t, reader, writer))
 }
 
-/// [`open_loop`], keeping its connection open until every connection of
-/// the phase is done (`all_done`, failed ones included). A tracker forgets
-/// a departed peer's chunk registrations; a thousand peers leaving one by
-/// one as they finished, while others still waited for replies, kept the
-/// tracker busy for the last 150-200 ms of every phase, and the phase's
-/// latencies counted that as their own.
-#[allow(clippy::too_many_arguments)]
-async fn open_loop_kept(
-    i: usize,
-    a: Arc<Args>,
-    contents: Arc<Vec<ContentId>>,
-    interval: Duration,
-    start: Instant,
-    measure_from: Instant,
-    end: Instant,
-    all_done: Arc<tokio::sync::Barrier>,
-) -> Result<Tally> {
-    let r = open_loop(i, a, contents, interval, start, measure_from, end).await;
-    all_done.wait().await;
-    r.map(|(t, _reader, _writer)| t)
-}
-
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -511,10 +490,16 @@ async fn open_phase(
     let warmup = Duration::from_secs(1);
     let measure_from = start + warmup;
     let end = measure_from + Duration::from_secs_f64(a.rate_secs);
+    // Each connection stays open until every connection of the phase is
+    // done (failed ones included). A tracker forgets a departed peer's
+    // chunk registrations; a thousand peers leaving one by one as they
+    // finished, while others still waited for replies, kept the tracker
+    // busy for the last 150-200 ms of every phase, and the phase's
+    // latencies counted that as their own.
     let all_done = Arc::new(tokio::sync::Barrier::new(a.conns));
     let tasks: Vec<_> = (0..a.conns)
         .map(|k| {
-            tokio::spawn(open_loop_kept(
+            let run = open_loop(
                 first_peer + k,
                 a.clone(),
                 contents.clone(),
@@ -522,8 +507,13 @@ async fn open_phase(
                 start,
                 measure_from,
                 end,
-                all_done.clone(),
-            ))
+            );
+            let all_done = all_done.clone();
+            tokio::spawn(async move {
+                let r = run.await;
+                all_done.wait().await;
+                r.map(|(t, _reader, _writer)| t)
+            })
         })
         .collect();
     let t = gather(tasks).await?;
