@@ -74,6 +74,13 @@ pub(crate) struct ChunkWriter {
     thread: OnceLock<Option<mpsc::Sender<Job>>>,
     /// Chunks handed to the writer thread so far.
     handed_off: AtomicU64,
+    /// Held by the task writing on its own thread. The kernel writes a file
+    /// once at a time anyway (its inode lock), and a task that waited there
+    /// for another's write would count as held up by the disk: in 1 GiB
+    /// fetches from 4 seeders on 2 cores, 4 of 6 handed off after one wait
+    /// of 2-4 ms behind a preempted writer (0.54-0.58 s against 0.47-0.50
+    /// for the other two).
+    writing: Mutex<()>,
 }
 
 impl ChunkWriter {
@@ -96,6 +103,7 @@ impl ChunkWriter {
             hand_off_until: Mutex::new(None),
             thread: OnceLock::new(),
             handed_off: AtomicU64::new(0),
+            writing: Mutex::new(()),
         }
     }
 
@@ -144,6 +152,11 @@ impl ChunkWriter {
         if hash_chunk(&data) != expected {
             return Ok(false);
         }
+        // A wait here is for this download's other writes, not the disk.
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let sleeps = voluntary_switches();
         let started = Instant::now();
         self.file.write_all_at(&data, offset)?;
