@@ -13,16 +13,20 @@
 //! when the disk falls behind. A write that was only slow because the
 //! thread was preempted does not: a thread waiting for a core holds up its
 //! tasks wherever it writes, and on a busy machine most slow writes are of
-//! that kind (a 1 GiB fetch from 4 seeders on 2 cores had a 2-3 ms write
-//! within its first chunks, all of them waiting for a core, and then sent
-//! nearly all its 4,096 chunks through the thread). Chunks
-//! larger than [`INLINE_MAX`] always go to that thread, so that hashing one
-//! never holds an async thread for long.
+//! that kind (a 1 GiB fetch from 4 seeders on 2 cores met a 2-3 ms write
+//! among its first chunks, nearly all of it spent waiting for a core, and
+//! then sent nearly all of its 4,096 chunks through the thread). The
+//! inline writes of one download take turns under a lock, so that a wait
+//! for another task's write is not taken for the disk. Chunks larger than
+//! [`INLINE_MAX`] always go to that thread, so that hashing one never holds
+//! an async thread for long.
 //!
-//! Measured (BENCHMARKS.md, "Chunks written on the receiving task"): a
-//! 1 GiB fetch from one seeder took 4-19 % less time than with every chunk
-//! handed to the writer thread (medians of 6 alternating fetches, 7 sets),
-//! and 200 downloaders on one machine 8-25 % less (2 pairs).
+//! Measured (BENCHMARKS.md, "Chunks written on the receiving task" and
+//! "Hand-offs to the writer thread only after a sleep"): a 1 GiB fetch from
+//! one seeder took 4-19 % less time than with every chunk handed to the
+//! writer thread (medians of 6 alternating fetches, 7 sets), and 200
+//! downloaders on one machine 8-25 % less (2 pairs); counting only sleeps
+//! took 4 sources from 0.539 to 0.514 s (medians of 10).
 
 use std::fs::File;
 use std::io;
