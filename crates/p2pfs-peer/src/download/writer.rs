@@ -42,7 +42,8 @@ use tracing::{debug, warn};
 
 /// Chunks waiting for the writer thread (beyond the one it works on).
 pub(crate) const WRITE_QUEUE: usize = 8;
-/// A write on the receiving task that took longer than this was held up.
+/// A write on the receiving task that took longer than this, and during
+/// which its thread slept, was held up.
 pub(crate) const SLOW_WRITE: Duration = Duration::from_millis(2);
 /// How long a download's chunks go to its writer thread after a slow write.
 pub(crate) const HAND_OFF_FOR: Duration = Duration::from_secs(1);
@@ -78,7 +79,7 @@ pub(crate) struct ChunkWriter {
     thread: OnceLock<Option<mpsc::Sender<Job>>>,
     /// Chunks handed to the writer thread so far.
     handed_off: AtomicU64,
-    /// Held by the task writing on its own thread. The kernel writes a file
+    /// Held by a task while it writes a chunk itself. The kernel writes a file
     /// once at a time anyway (its inode lock), and a task that waited there
     /// for another's write would count as held up by the disk: in 1 GiB
     /// fetches from 4 seeders on 2 cores, 4 of 6 handed off after one wait
