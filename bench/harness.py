@@ -536,6 +536,13 @@ def proc_mem(pid):
     return out
 
 
+def proc_cpu(pid):
+    """CPU seconds (user + system, every thread) a running process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_bytes(path):
     return shutil.disk_usage(path).free
 

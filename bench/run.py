@@ -128,19 +128,30 @@ def can_pin():
     return len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
 
 
-def ref_tcpcopy(ctx, src, dst, pin=False):
+def ref_tcpcopy(ctx, src, dst, pin=False, cpu=None):
+    """Seconds a raw TCP copy of `src` into `dst` takes. With `cpu` (a dict),
+    also stores the CPU seconds of the receiving and sending processes
+    under "recv" and "send"."""
     recv = H.spawn((pinned(1) if pin else []) + [H.TCPCOPY, "recv", "127.0.0.1:0", dst],
                    env=ctx.env)
     line = recv.stdout.readline().strip()
     addr = line.rsplit(" ", 1)[1]
     t0 = time.monotonic()
-    H.run((pinned(0) if pin else []) + [H.TCPCOPY, "send", addr, src],
-          stdout=subprocess.DEVNULL, env=ctx.env)
-    recv.wait()
+    send = H.spawn((pinned(0) if pin else []) + [H.TCPCOPY, "send", addr, src],
+                   stdout=subprocess.DEVNULL, env=ctx.env)
+    _, send_status, send_use = os.wait4(send.pid, 0)
+    send.returncode = os.waitstatus_to_exitcode(send_status)
+    _, recv_status, recv_use = os.wait4(recv.pid, 0)
+    recv.returncode = os.waitstatus_to_exitcode(recv_status)
     t = time.monotonic() - t0
     recv.stdout.close()
+    if send.returncode != 0:
+        raise RuntimeError("tcpcopy send failed")
     if recv.returncode != 0:
         raise RuntimeError("tcpcopy recv failed")
+    if cpu is not None:
+        cpu["recv"] = recv_use.ru_utime + recv_use.ru_stime
+        cpu["send"] = send_use.ru_utime + send_use.ru_stime
     return t
 
 
@@ -218,13 +229,17 @@ def p2pfs_fetch_once(ctx, src, size, dst, n_seeders=1, security="aes-gcm", pin=F
                 pin_pid(s.pid, 0)
             pin_pid(dl.pid, 1)
         ctx.prepare_cache(src)
+        procs = [dl] + seeders
+        cpu0 = [H.proc_cpu(p.pid) for p in procs]
         wall, end = H.timed_fetch(dl, names[0], dst)
+        cpu = [H.proc_cpu(p.pid) - c for p, c in zip(procs, cpu0)]
         if os.path.getsize(dst) != size:
             raise RuntimeError("p2pfs: destination has the wrong size")
         mem_dl = dl.mem()
         mem_seed = [s.mem() for s in seeders]
         up = [H.http_json(s.api, "GET", "/api/status")["uploaded_bytes"] for s in seeders]
         return {"wall": wall, "api": end["elapsed_secs"], "hwm_dl": mem_dl["VmHWM"],
+                "cpu_dl": cpu[0], "cpu_seed": sum(cpu[1:]),
                 "hwm_seed": max(m["VmHWM"] for m in mem_seed), "uploaded": up,
                 "sources": end.get("sources")}
     finally:
@@ -249,7 +264,9 @@ def bench_single(ctx):
                                "p2pfs_plain_pin", "tcpcopy_pin", "ratio_tcp_pin",
                                "ratio_tcp_plain_pin", "enc_throughput_pin", "aria2",
                                "aria2_transfer", "ratio_aria2", "ratio_aria2_plain",
-                               "ratio_aria2_transfer")}
+                               "ratio_aria2_transfer", "cpu_dl", "cpu_seed",
+                               "cpu_dl_plain", "cpu_seed_plain", "cpu_tcp_recv",
+                               "cpu_tcp_send")}
         # p2pfs: the default (Noise, AES-256-GCM); p2pfs_chacha: the same with
         # ChaCha20-Poly1305; p2pfs_plain: --insecure. Their ratios give the
         # cost of encryption and the cipher choice, measured in the same run.
@@ -298,10 +315,15 @@ def single_runs(ctx, src, size, dst, methods, rec, bt):
                 rec["p2pfs_api"].append(r["api"])
                 rec["hwm_dl"].append(r["hwm_dl"])
                 rec["hwm_seed"].append(r["hwm_seed"])
+                rec["cpu_dl"].append(r["cpu_dl"])
+                rec["cpu_seed"].append(r["cpu_seed"])
             elif m in ("p2pfs_chacha", "p2pfs_plain", "p2pfs_pin", "p2pfs_plain_pin"):
                 sec = {"p2pfs_chacha": "chacha-poly", "p2pfs_pin": "aes-gcm"}.get(m, "plain")
-                got[m] = p2pfs_fetch_once(ctx, src, size, dst, security=sec,
-                                          pin=m.endswith("_pin"))["wall"]
+                r = p2pfs_fetch_once(ctx, src, size, dst, security=sec, pin=m.endswith("_pin"))
+                got[m] = r["wall"]
+                if m == "p2pfs_plain":
+                    rec["cpu_dl_plain"].append(r["cpu_dl"])
+                    rec["cpu_seed_plain"].append(r["cpu_seed"])
             elif m == "aria2":
                 ctx.prepare_cache(src)
                 got[m], transfer = bt.fetch(size)
@@ -311,9 +333,17 @@ def single_runs(ctx, src, size, dst, methods, rec, bt):
                 got[m] = ref_tcpcopy(ctx, src, dst, pin=True)
                 if os.path.getsize(dst) != size:
                     raise RuntimeError(f"{m}: destination has the wrong size")
+            elif m == "tcpcopy":
+                ctx.prepare_cache(src)
+                cpu = {}
+                got[m] = ref_tcpcopy(ctx, src, dst, cpu=cpu)
+                rec["cpu_tcp_recv"].append(cpu["recv"])
+                rec["cpu_tcp_send"].append(cpu["send"])
+                if os.path.getsize(dst) != size:
+                    raise RuntimeError(f"{m}: destination has the wrong size")
             else:
                 ctx.prepare_cache(src)
-                fn = {"tcpcopy": ref_tcpcopy, "socat": ref_socat, "cp": ref_cp}[m]
+                fn = {"socat": ref_socat, "cp": ref_cp}[m]
                 got[m] = fn(ctx, src, dst)
                 if os.path.getsize(dst) != size:
                     raise RuntimeError(f"{m}: destination has the wrong size")
@@ -859,6 +889,17 @@ def table(results):
                 row(b, "p2pfs encrypted (whole fetch) / aria2c's pieces alone (first to "
                     "last)", fs(x["ratio_aria2_transfer"]))
             row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))
+            if x.get("cpu_tcp_recv", {}).get("n"):
+                # CPU seconds of the receiving and sending processes (all
+                # threads, from /proc or wait4): on 2 shared cores their sum
+                # over 2 bounds how fast each method can be.
+                for what, rk, sk in (("p2pfs (encrypted, AES-GCM)", "cpu_dl", "cpu_seed"),
+                                     ("p2pfs --insecure (plain)", "cpu_dl_plain",
+                                      "cpu_seed_plain"),
+                                     ("tcpcopy", "cpu_tcp_recv", "cpu_tcp_send")):
+                    if x.get(rk, {}).get("n"):
+                        row(b, f"{what}: CPU-s of the receiver / the sender",
+                            f"{fs(x[rk])} / {fs(x[sk])}")
             mb = {k: H.summary([v / H.MiB for v in x[k]["values"]]) for k in ("hwm_dl", "hwm_seed")}
             row(f"5. memory, {label}", "downloader peak RSS (VmHWM), MiB", fs(mb["hwm_dl"]),
                 "≤ 32", met(mb["hwm_dl"], lambda v: v <= 32))
