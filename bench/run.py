@@ -773,11 +773,11 @@ def bench_tracker(ctx):
 
 def page_reporting():
     """Whether a virtio balloon reports freed guest memory to the host (its
-    feature bit 5, VIRTIO_BALLOON_F_REPORTING). Where it does, memory freed
-    for about 2 s is handed back, and the next first touch of it costs the
-    host a page fault: writing 1 GiB into the page cache took 0.39-0.46 s
-    right after 1 GiB was freed and 0.78-1.11 s after a pause of 5-10 s
-    (BENCHMARKS.md, "Machine")."""
+    feature bit 5, VIRTIO_BALLOON_F_REPORTING). Where it does, free memory
+    is handed back to the host, and the next first touch of it costs the
+    host a page fault. On such a VM, writing 1 GiB into the page cache took
+    0.39-0.46 s right after 1 GiB was freed and 0.78-1.11 s after a pause
+    of 5-10 s (BENCHMARKS.md, "Machine")."""
     for dev in glob.glob("/sys/bus/virtio/devices/*"):
         try:
             with open(os.path.join(dev, "device")) as f:
