@@ -47,8 +47,9 @@ use source::SourceEnd;
 /// download-wide bound, a download with 32 sources held up to 32 MiB of
 /// received chunks waiting to be written, which cannot go faster for them
 /// (chunks then went to one writer thread); past it a source stops reading
-/// its connection and TCP pushes back on the sender. 200 downloaders of 64 MiB, 6 runs each: the
-/// largest downloader peaked at 36-44 MiB against 46-56 MiB.
+/// its connection and TCP pushes back on the sender. 200 downloaders of
+/// 64 MiB, 6 runs each: the largest downloader peaked at 36-44 MiB against
+/// 46-56 MiB.
 pub const VERIFYING_KIB: u32 = 4 * 1024;
 
 /// Chunks of `chunk_size` bytes that `kib` KiB hold (at least one).
