@@ -502,7 +502,8 @@ def many_runs(ctx, k, size, src, need, mnt):
         raise RuntimeError(f"many: need {need / H.GiB:.1f} GiB free")
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
                              "hwm_dl_max", "rss_sum", "floor", "vs_floor", "bt_total",
-                             "bt_median", "vs_bt", "bt_failed")}
+                             "bt_median", "vs_bt", "bt_failed", "cpu_single",
+                             "cpu_crowd", "cpu_crowd_seed", "cpu_crowd_tracker")}
     if not BT.available():
         H.log("many: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
     failed = []
@@ -544,8 +545,12 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         # A 64 MiB fetch takes 0.06-0.14 s here, so one alone swung the
         # ratio by a factor of two; the median of a few is steadier.
         times = []
+        cpus = []
         for j in range(singles):
+            procs = [dls[j], seed, tracker]
+            cpu0 = [H.proc_cpu(p.pid) for p in procs]
             t, _ = H.timed_fetch(dls[j], "f", os.path.join(root, f"single{j}"))
+            cpus.append(sum(H.proc_cpu(p.pid) - c for p, c in zip(procs, cpu0)))
             times.append(t)
             H.remove(os.path.join(root, f"single{j}"))
             H.stop_all([dls[j]])
@@ -559,6 +564,8 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         # while the other reuses memory it still backs (see "Many
         # downloaders: what a first touch of memory costs on this VM").
         H.settle_memory(root, len(dls) * size)
+        crowd = dls + [seed, tracker]
+        cpu0 = [H.proc_cpu(p.pid) for p in crowd]
         ids, t0 = H.start_fetches_together(
             dls, "f", [os.path.join(root, f"out{j}") for j in range(len(dls))])
         ends = []
@@ -567,6 +574,7 @@ def many_once(ctx, i, k, size, src, mnt, rec):
             if end["state"] != "done":
                 raise RuntimeError(f"many: a download ended {end['state']}: {end['error']}")
             ends.append(t - t0)
+        cpu = [H.proc_cpu(p.pid) - c for p, c in zip(crowd, cpu0)]
         mems = [d.mem() for d in dls]
         seed_mem = seed.mem()
         for w in watchers:
@@ -578,6 +586,12 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         rec["median_dl"].append(statistics.median(ends))
         rec["startup"].append(startup)
         rec["hwm_seed"].append(seed_mem["VmHWM"])
+        # CPU seconds of every p2pfs process per GiB delivered: the crowd
+        # and the single stream each had the machine to themselves.
+        rec["cpu_single"].append(statistics.median(cpus) / (size / H.GiB))
+        rec["cpu_crowd"].append(sum(cpu) / (len(dls) * size / H.GiB))
+        rec["cpu_crowd_seed"].append(cpu[-2])
+        rec["cpu_crowd_tracker"].append(cpu[-1])
         rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
         rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
         # The least time writing the crowd's bytes takes here, into the
@@ -936,6 +950,13 @@ def table(results):
             "same run), s", fs(r["single"]))
         row(b, f"**total / ({r['downloaders']} × single)**", fs(r["ratio"]), "≤ 1.0",
             met(r["ratio"], lambda v: v <= 1.0))
+        if r.get("cpu_crowd", {}).get("n"):
+            row(b, "CPU-s of every p2pfs process per GiB delivered: one downloader alone",
+                fs(r["cpu_single"]))
+            row(b, "CPU-s per GiB delivered: the crowd (downloaders, seeder, tracker)",
+                fs(r["cpu_crowd"]))
+            row(b, "CPU-s of the seeder / of the tracker over the whole crowd",
+                f"{fs(r['cpu_crowd_seed'])} / {fs(r['cpu_crowd_tracker'])}")
         if r.get("floor", {}).get("n"):
             row(b, f"writing {r['downloaders']} × {size_label(r['size'])} of zeros there alone "
                 "(2 × `dd`, right after), s", fs(r["floor"]))
