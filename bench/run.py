@@ -503,7 +503,7 @@ def many_runs(ctx, k, size, src, need, mnt):
     rec = {k_: [] for k_ in ("total", "single", "ratio", "median_dl", "startup", "hwm_seed",
                              "hwm_dl_max", "rss_sum", "floor", "vs_floor", "bt_total",
                              "bt_median", "vs_bt", "bt_failed", "cpu_single",
-                             "cpu_crowd", "cpu_crowd_seed", "cpu_crowd_tracker")}
+                             "cpu_crowd", "cpu_crowd_seed", "cpu_crowd_tracker", "sent")}
     if not BT.available():
         H.log("many: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
     failed = []
@@ -565,6 +565,7 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         # downloaders: what a first touch of memory costs on this VM").
         H.settle_memory(root, len(dls) * size)
         crowd = dls + [seed, tracker]
+        seed_up0 = H.http_json(seed.api, "GET", "/api/status")["uploaded_bytes"]
         cpu0 = [H.proc_cpu(p.pid) for p in crowd]
         ids, t0 = H.start_fetches_together(
             dls, "f", [os.path.join(root, f"out{j}") for j in range(len(dls))])
@@ -575,6 +576,8 @@ def many_once(ctx, i, k, size, src, mnt, rec):
                 raise RuntimeError(f"many: a download ended {end['state']}: {end['error']}")
             ends.append(t - t0)
         cpu = [H.proc_cpu(p.pid) - c for p, c in zip(crowd, cpu0)]
+        sent = sum(H.http_json(p.api, "GET", "/api/status")["uploaded_bytes"]
+                   for p in dls + [seed]) - seed_up0
         mems = [d.mem() for d in dls]
         seed_mem = seed.mem()
         for w in watchers:
@@ -592,6 +595,9 @@ def many_once(ctx, i, k, size, src, mnt, rec):
         rec["cpu_crowd"].append(sum(cpu) / (len(dls) * size / H.GiB))
         rec["cpu_crowd_seed"].append(cpu[-2])
         rec["cpu_crowd_tracker"].append(cpu[-1])
+        # Chunk bytes sent, per byte delivered (above 1: chunks fetched
+        # twice, in the endgame or after a stalled source).
+        rec["sent"].append(sent / (len(dls) * size))
         rec["hwm_dl_max"].append(max(m["VmHWM"] for m in mems))
         rec["rss_sum"].append(sum(m["VmRSS"] for m in mems))
         # The least time writing the crowd's bytes takes here, into the
@@ -955,6 +961,8 @@ def table(results):
                 fs(r["cpu_single"]))
             row(b, "CPU-s per GiB delivered: the crowd (downloaders, seeder, tracker)",
                 fs(r["cpu_crowd"]))
+            row(b, "chunk bytes sent by every peer / bytes delivered (ideal 1)",
+                fs(r["sent"]))
             row(b, "CPU-s of the seeder / of the tracker over the whole crowd",
                 f"{fs(r['cpu_crowd_seed'])} / {fs(r['cpu_crowd_tracker'])}")
         if r.get("floor", {}).get("n"):
