@@ -73,6 +73,12 @@ pub struct Scheduler {
     n: u32,
     done: Bitfield,
     outstanding: Vec<u8>,
+    /// The chunks neither done nor asked for, in a bitfield's byte layout
+    /// (bit `i % 8` of byte `i / 8`, most significant first), so that a
+    /// pick can tell at once whether a source holds any of them.
+    open: Vec<u8>,
+    /// Chunks not done yet (every source task asks before each turn).
+    missing: u32,
     /// When each chunk with a request out was last asked for (the newest
     /// request: once one of two is released, the other may be that recent).
     asked_at: Vec<Option<Instant>>,
@@ -105,10 +111,18 @@ impl Scheduler {
         } else {
             rand::Rng::random_range(&mut rng, 0..n)
         };
+        let mut open = vec![0u8; (n as usize).div_ceil(8)];
+        let mut missing = 0;
+        for i in (0..n).filter(|&i| !done.get(i)) {
+            open[(i / 8) as usize] |= 0x80 >> (i % 8);
+            missing += 1;
+        }
         Self {
             n,
+            missing,
             done,
             outstanding: vec![0; n as usize],
+            open,
             asked_at: vec![None; n as usize],
             avail: vec![0; n as usize],
             order: (0..n).collect(),
@@ -139,7 +153,7 @@ impl Scheduler {
 
     /// True when every chunk is verified.
     pub fn is_complete(&self) -> bool {
-        self.done.is_full()
+        self.missing == 0
     }
 
     /// Adds a source or replaces what it is known to hold.
@@ -244,6 +258,9 @@ impl Scheduler {
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.asked_at[i as usize] = None;
+            if !self.done.get(i) {
+                self.open[(i / 8) as usize] |= 0x80 >> (i % 8);
+            }
         }
     }
 
@@ -255,6 +272,8 @@ impl Scheduler {
             return false;
         }
         self.done.set(index);
+        self.missing -= 1;
+        self.open[(index / 8) as usize] &= !(0x80 >> (index % 8));
         true
     }
 
@@ -354,9 +373,12 @@ impl Scheduler {
             return out;
         };
         view.deferred.retain(|_, until| *until > now);
-        let (done, outstanding, asked_at) = (&self.done, &mut self.outstanding, &self.asked_at);
-        // A chunk picked here counts as outstanding at once, so that it is
-        // not picked twice in one call.
+        let (done, outstanding, asked_at, open) = (
+            &self.done,
+            &mut self.outstanding,
+            &self.asked_at,
+            &mut self.open,
+        );
         // Suggestions first: the chunks this seeder has sent to nobody.
         let deferred = &view.deferred;
         let have = &view.have;
@@ -366,27 +388,37 @@ impl Scheduler {
                 && have.get(i)
                 && !deferred.contains_key(&i);
             if usable && out.len() < max {
-                out.push(i);
-                outstanding[i as usize] += 1;
+                take(&mut out, outstanding, open, i);
                 return false;
             }
             usable
         });
-        let mut all_requested = true;
-        if out.len() < max {
+        let all_requested = open.iter().all(|&b| b == 0);
+        // The chunks nobody was asked for that this source holds, counted a
+        // byte at a time: a source with none of them (common in a crowd,
+        // where each source task looks for work whenever it wakes) costs no
+        // walk of the order, and a walk ends at the last of them (200
+        // downloaders of 1,024 chunks spent about 5 % of their CPU time
+        // walking the order).
+        let mut left: u32 = open
+            .iter()
+            .zip(have.as_bytes())
+            .map(|(o, h)| (o & h).count_ones())
+            .sum();
+        if out.len() < max && left > 0 {
             for &i in &self.order[self.scan_start..] {
-                if done.get(i) {
+                if done.get(i) || outstanding[i as usize] != 0 || !have.get(i) {
                     continue;
                 }
-                if outstanding[i as usize] == 0 {
-                    all_requested = false;
-                    if view.may_ask(i) {
-                        out.push(i);
-                        outstanding[i as usize] += 1;
-                        if out.len() == max {
-                            break;
-                        }
+                if !deferred.contains_key(&i) {
+                    take(&mut out, outstanding, open, i);
+                    if out.len() == max {
+                        break;
                     }
+                }
+                left -= 1;
+                if left == 0 {
+                    break;
                 }
             }
         }
@@ -426,6 +458,15 @@ impl Scheduler {
     }
 }
 
+/// Marks chunk `i` asked for by one more request and adds it to `out`: a
+/// chunk picked counts as outstanding at once, so that it is not picked
+/// twice in one call.
+fn take(out: &mut Vec<u32>, outstanding: &mut [u8], open: &mut [u8], i: u32) {
+    out.push(i);
+    outstanding[i as usize] += 1;
+    open[(i / 8) as usize] &= !(0x80 >> (i % 8));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +482,80 @@ mod tests {
             b.set(i);
         }
         b
+    }
+
+    /// `open` is exactly the chunks neither done nor asked for, whatever
+    /// happens, and a pick never misses an open chunk its source holds.
+    #[test]
+    fn open_chunks_stay_in_step_with_requests() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        for round in 0..40 {
+            let n = rng.random_range(1..300);
+            let mut done = Bitfield::new(n);
+            for i in 0..n {
+                if rng.random_bool(0.2) {
+                    done.set(i);
+                }
+            }
+            let mut s = Scheduler::new(done);
+            let mut t = now();
+            for id in 1..=4 {
+                let idx: Vec<u32> = (0..n).filter(|_| rng.random_bool(0.5)).collect();
+                s.set_source(id, have(n, &idx));
+            }
+            for _ in 0..400 {
+                t += Duration::from_millis(rng.random_range(0..300));
+                let id = rng.random_range(1..=4);
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        let got = s.pick(id, rng.random_range(1..8), t);
+                        let mut seen = std::collections::HashSet::new();
+                        for &i in &got {
+                            assert!(seen.insert(i), "round {round}: {i} picked twice");
+                            assert!(!s.done.get(i) && s.sources[&id].have.get(i));
+                        }
+                        if got.is_empty() {
+                            let view = &s.sources[&id];
+                            assert!(
+                                (0..n).all(|i| s.done.get(i)
+                                    || s.outstanding[i as usize] > 0
+                                    || !view.may_ask(i)),
+                                "round {round}: an open chunk of source {id} was not picked"
+                            );
+                        }
+                    }
+                    4..=6 => {
+                        let inflight: Vec<u32> = s.sources[&id].inflight.iter().copied().collect();
+                        if let Some(&i) = inflight.first() {
+                            s.complete(id, i);
+                        }
+                    }
+                    7 => {
+                        let inflight: Vec<u32> = s.sources[&id].inflight.iter().copied().collect();
+                        if let Some(&i) = inflight.first() {
+                            s.release(id, i);
+                        }
+                    }
+                    8 => {
+                        s.release_all(id);
+                    }
+                    _ => {
+                        let i = rng.random_range(0..n);
+                        s.defer(id, i, &[], t + Duration::from_secs(1));
+                    }
+                }
+                assert_eq!(s.is_complete(), s.done.is_full());
+                for i in 0..n {
+                    let open = s.open[(i / 8) as usize] & (0x80 >> (i % 8)) != 0;
+                    assert_eq!(
+                        open,
+                        !s.done.get(i) && s.outstanding[i as usize] == 0,
+                        "round {round}: chunk {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
