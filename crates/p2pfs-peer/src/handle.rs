@@ -46,6 +46,9 @@ pub struct PeerConfig {
     /// written at once, over all its sources (usually
     /// [`crate::download::VERIFYING_KIB`]; at least one chunk).
     pub verifying_kib: u32,
+    /// Most sources one download connects to at once (usually
+    /// [`crate::download::MAX_SOURCES`]; at least one).
+    pub max_sources: usize,
 }
 
 /// A file this peer published.
@@ -136,6 +139,8 @@ pub(crate) struct PeerInner {
     pub(crate) serve_memory: Arc<tokio::sync::Semaphore>,
     /// [`PeerConfig::verifying_kib`].
     pub(crate) verifying_kib: u32,
+    /// [`PeerConfig::max_sources`].
+    pub(crate) max_sources: usize,
     /// Upload slots ([`crate::server::UPLOAD_SLOTS`]).
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
     /// Reads and checks chunks for serving.
@@ -304,6 +309,7 @@ impl PeerHandle {
             stats: Stats::default(),
             serve_memory: Arc::new(tokio::sync::Semaphore::new(config.read_ahead_kib as usize)),
             verifying_kib: config.verifying_kib,
+            max_sources: config.max_sources.max(1),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::server::UPLOAD_SLOTS)),
             reader: crate::reader::ChunkReader::start(crate::reader::reader_threads()),
             delay_ms: AtomicU64::new(0),

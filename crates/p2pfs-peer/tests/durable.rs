@@ -37,6 +37,7 @@ async fn peer(repo: &Path, tracker: SocketAddr) -> PeerHandle {
         security: net(),
         read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
         verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
+        max_sources: p2pfs_peer::download::MAX_SOURCES,
     })
     .await
     .expect("peer starts");
@@ -332,6 +333,7 @@ async fn destinations_outside_the_allowed_places_are_refused_untouched() {
             security: net(),
             read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
             verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
+            max_sources: p2pfs_peer::download::MAX_SOURCES,
         })
         .await
         .unwrap();

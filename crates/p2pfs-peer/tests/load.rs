@@ -44,6 +44,7 @@ async fn one_seeder_serves_200_concurrent_downloaders() {
                 security: net(),
                 read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
                 verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
+                max_sources: p2pfs_peer::download::MAX_SOURCES,
             })
             .await
             .expect("peer starts");

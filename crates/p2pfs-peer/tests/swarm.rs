@@ -147,6 +147,22 @@ impl Swarm {
     /// read-ahead budget of `read_ahead_kib` and a verifying budget of
     /// `verifying_kib`.
     async fn offline_peer_with(&mut self, read_ahead_kib: u32, verifying_kib: u32) -> PeerHandle {
+        self.offline_peer_config(
+            read_ahead_kib,
+            verifying_kib,
+            p2pfs_peer::download::MAX_SOURCES,
+        )
+        .await
+    }
+
+    /// [`Swarm::offline_peer_with`], with at most `max_sources` sources
+    /// per download.
+    async fn offline_peer_config(
+        &mut self,
+        read_ahead_kib: u32,
+        verifying_kib: u32,
+        max_sources: usize,
+    ) -> PeerHandle {
         let repo = self.tempdir().join("repo");
         PeerHandle::start(PeerConfig {
             repo,
@@ -155,6 +171,7 @@ impl Swarm {
             security: self.security.clone(),
             read_ahead_kib,
             verifying_kib,
+            max_sources,
         })
         .await
         .expect("peer starts")
@@ -693,6 +710,73 @@ async fn a_source_killed_mid_fetch_is_replaced() {
         // The victim is gone from the tracker; its name stays while others hold the content.
         let peers = swarm.tracker.peers();
         assert!(peers.iter().all(|p| p.peer_id != victim.peer_id()));
+    })
+    .await;
+}
+
+/// A download at its cap of sources, whose sources hold nothing it still
+/// needs, makes room for a holder that does: here a cancelled download
+/// still serves its few chunks, the seeder leaves, and a downloader
+/// allowed one source connects to that partial holder; when a new seeder
+/// of the same bytes appears, it must drop the partial holder to finish,
+/// rather than wait for the idle connection to be closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_at_its_source_cap_makes_room_for_a_holder_it_needs() {
+    within(90, async {
+        let mut swarm = Swarm::new().await;
+        let len = 4 * MIB + 321;
+        let chunks = len.div_ceil(CHUNK) as u32;
+        let (path, data) = swarm.file("capped.bin", len, 17);
+        let seeder = swarm.peer().await;
+        seeder.publish(&path, "capped.bin").await.expect("publish");
+        seeder.set_delay(0.05).unwrap();
+        let partial = swarm.peer().await;
+        let first = partial
+            .fetch("capped.bin", None, None)
+            .await
+            .expect("fetch");
+        eventually(
+            Duration::from_secs(20),
+            "a few chunks at the partial holder",
+            || (first.snapshot().chunks_done >= 3).then_some(()),
+        )
+        .await;
+        first.cancel();
+        assert_eq!(first.wait().await, DownloadState::Cancelled);
+        let held = first.snapshot().chunks_done;
+        assert!(held < chunks, "the partial holder got the whole file");
+        seeder.shutdown().await;
+
+        let capped = swarm
+            .offline_peer_config(
+                p2pfs_peer::server::SERVE_MEMORY_KIB,
+                p2pfs_peer::download::VERIFYING_KIB,
+                1,
+            )
+            .await;
+        capped.connect(swarm.addr).await.expect("connects");
+        let got = capped.fetch("capped.bin", None, None).await.expect("fetch");
+        eventually(
+            Duration::from_secs(20),
+            "the partial holder's chunks",
+            || (got.snapshot().chunks_done == held).then_some(()),
+        )
+        .await;
+        assert_eq!(got.snapshot().state, DownloadState::Running);
+
+        let again = swarm.tempdir().join("again.bin");
+        std::fs::write(&again, &data).expect("write");
+        let seeder2 = swarm.peer().await;
+        seeder2.publish(&again, "again.bin").await.expect("publish");
+        // Well before the partial holder would close the idle connection
+        // (after which the download would reconnect anyway).
+        let limit = p2pfs_proto::limits::IDLE_TIMEOUT / 2;
+        let end = tokio::time::timeout(limit, got.wait())
+            .await
+            .expect("the download made room for the new seeder");
+        assert_eq!(end, DownloadState::Done);
+        assert_file(&got.dest, &data);
+        assert!(seeder2.stats().uploaded().1 >= u64::from(chunks - held));
     })
     .await;
 }

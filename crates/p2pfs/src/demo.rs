@@ -56,6 +56,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             security: security.clone(),
             read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
             verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
+            max_sources: p2pfs_peer::download::MAX_SOURCES,
         })
         .await?;
         peer.connect(taddr).await?;

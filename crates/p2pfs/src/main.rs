@@ -310,6 +310,7 @@ fn main() -> ExitCode {
                     security,
                     read_ahead_kib: p2pfs_peer::server::SERVE_MEMORY_KIB,
                     verifying_kib: p2pfs_peer::download::VERIFYING_KIB,
+                    max_sources: p2pfs_peer::download::MAX_SOURCES,
                 };
                 run_peer(tracker, config, no_shell, http.addr()).await
             }

@@ -72,6 +72,12 @@ pub const EAGER_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 /// together, the first chunks reach other downloaders within a fraction of
 /// a second, and each of them can upload only once the others know.
 pub const EAGER_REFRESH_FOR: Duration = Duration::from_secs(5);
+/// A download at its cap of sources that has verified no chunk for this
+/// long, while a holder it is not connected to has chunks it needs, stops
+/// one source that holds none of them to make room. Cancelled and failed
+/// downloads keep serving their chunks, so without this a download could
+/// wait for good on sources that will never have the rest.
+pub const REPLACE_AFTER: Duration = Duration::from_secs(5);
 
 /// Where a download is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,6 +353,8 @@ struct Sources {
     active: HashMap<PeerId, SourceId>,
     banned: HashSet<PeerId>,
     failures: HashMap<PeerId, (u32, Instant)>,
+    /// Each running source's stop token.
+    stops: HashMap<SourceId, CancellationToken>,
     next_sid: SourceId,
 }
 
@@ -362,14 +370,16 @@ async fn run(
         active: HashMap::new(),
         banned: HashSet::new(),
         failures: HashMap::new(),
+        stops: HashMap::new(),
         next_sid: 1,
     };
-    update_sources(&peer, &dl, &mut sources, &spec.holders, spec.only);
+    update_sources(&peer, &dl, &mut sources, &spec.holders, spec.only, false);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_refresh = Instant::now();
     let mut rate = RateMeter::default();
     let mut unsourced_since: Option<Instant> = None;
     let mut saved = dl.sched().done().count_ones();
+    let mut last_progress = Instant::now();
     let result = loop {
         if dl.sched().is_complete() {
             break Ok(());
@@ -398,7 +408,8 @@ async fn run(
                     // sources cannot be judged gone.
                     let answered = match peer.refresh_holders(dl.content_id).await {
                         Some(holders) => {
-                            update_sources(&peer, &dl, &mut sources, &holders, spec.only);
+                            let stalled = last_progress.elapsed() >= REPLACE_AFTER;
+                            update_sources(&peer, &dl, &mut sources, &holders, spec.only, stalled);
                             true
                         }
                         None => false,
@@ -421,6 +432,7 @@ async fn run(
                 };
                 if chunks_done != saved {
                     saved = chunks_done;
+                    last_progress = Instant::now();
                     if let Err(e) = peer.db.save_have(spec.id, &have) {
                         warn!(error = %e, "cannot record verified chunks");
                     }
@@ -481,8 +493,13 @@ fn source_ended(
 ) {
     dl.sched().remove_source(sid);
     sources.active.remove(&pid);
+    sources.stops.remove(&sid);
     match end {
         SourceEnd::Finished => {}
+        SourceEnd::Replaced => {
+            debug!(peer = %pid.short(), "dropped a source that holds no chunk still needed");
+            sources.failures.insert(pid, (1, Instant::now()));
+        }
         SourceEnd::BadData => {
             warn!(peer = %pid.short(), "dropping a source that sent bad data twice");
             sources.banned.insert(pid);
@@ -506,6 +523,7 @@ fn update_sources(
     sources: &mut Sources,
     holders: &[Holder],
     only: Option<SocketAddr>,
+    stalled: bool,
 ) {
     // Known sources first (their news is merged), then the others in
     // random order, so that a crowd of downloaders does not pile onto the
@@ -528,25 +546,49 @@ fn update_sources(
             dl.sched().merge_source(sid, &h.have);
             continue;
         }
-        if sources.active.len() >= MAX_SOURCES {
-            break;
-        }
         if let Some((n, at)) = sources.failures.get(&h.peer_id) {
             // Back off 2 s, 4 s, 8 s ... (at most 32 s) between reconnects to a failing source.
             if at.elapsed() < Duration::from_secs(1 << (*n).min(5)) {
                 continue;
             }
         }
+        if sources.active.len() >= peer.max_sources {
+            if stalled && dl.sched().wants_any(&h.have) {
+                make_room(dl, sources);
+                break;
+            }
+            continue;
+        }
         let sid = sources.next_sid;
         sources.next_sid += 1;
         dl.sched().set_source(sid, h.have.clone());
         sources.active.insert(h.peer_id, sid);
+        let stop = dl.cancel.child_token();
+        sources.stops.insert(sid, stop.clone());
         let (dl2, addr, pid) = (dl.clone(), h.addr, h.peer_id);
         sources
             .set
-            .spawn(async move { (sid, pid, source::run_source(dl2, sid, addr).await) });
+            .spawn(async move { (sid, pid, source::run_source(dl2, sid, addr, stop).await) });
     }
     dl.wake.notify_waiters();
+}
+
+/// Stops one running source that holds no chunk the download still needs,
+/// if there is one and none is already stopping; its slot is filled at the
+/// next refresh.
+fn make_room(dl: &DownloadShared, sources: &Sources) {
+    if sources.stops.values().any(CancellationToken::is_cancelled) {
+        return;
+    }
+    let sched = dl.sched();
+    if let Some(stop) = sources
+        .active
+        .values()
+        .find(|&&sid| !sched.source_has_wanted(sid))
+        .and_then(|sid| sources.stops.get(sid))
+    {
+        stop.cancel();
+    }
 }
 
 async fn flush_register(peer: &PeerInner, dl: &DownloadShared) {

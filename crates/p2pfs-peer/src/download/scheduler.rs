@@ -196,6 +196,23 @@ impl Scheduler {
         added
     }
 
+    /// Whether `have` holds a chunk not done yet.
+    pub fn wants_any(&self, have: &Bitfield) -> bool {
+        have.len() == self.n
+            && have
+                .as_bytes()
+                .iter()
+                .zip(self.done.as_bytes())
+                .any(|(h, d)| h & !d != 0)
+    }
+
+    /// Whether source `id` is known to hold a chunk not done yet.
+    pub fn source_has_wanted(&self, id: SourceId) -> bool {
+        self.sources
+            .get(&id)
+            .is_some_and(|v| self.wants_any(&v.have))
+    }
+
     /// Removes a source; its requests go back to the pool.
     pub fn remove_source(&mut self, id: SourceId) {
         self.release_all(id);

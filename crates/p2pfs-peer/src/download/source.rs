@@ -66,6 +66,8 @@ pub(crate) enum SourceEnd {
     Gone,
     /// Connection failure.
     Failed(ProtoError),
+    /// Stopped to make room for a source that holds chunks this one lacks.
+    Replaced,
 }
 
 struct Pending {
@@ -73,13 +75,21 @@ struct Pending {
 }
 
 /// Runs one source until it ends.
+///
+/// `stop` is a child of the download's cancel token: cancelled alone, it
+/// ends this source to make room for another.
 pub(crate) async fn run_source(
     dl: Arc<DownloadShared>,
     sid: SourceId,
     addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
 ) -> SourceEnd {
     let result = tokio::select! {
-        () = dl.cancel.cancelled() => Ok(SourceEnd::Finished),
+        () = stop.cancelled() => Ok(if dl.cancel.is_cancelled() {
+            SourceEnd::Finished
+        } else {
+            SourceEnd::Replaced
+        }),
         r = source_impl(&dl, sid, addr) => r,
     };
     let end = result.unwrap_or_else(SourceEnd::Failed);
