@@ -73,8 +73,8 @@ pub const EAGER_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 /// a second, and each of them can upload only once the others know.
 pub const EAGER_REFRESH_FOR: Duration = Duration::from_secs(5);
 /// A download at its cap of sources that has verified no chunk for this
-/// long, while a holder it is not connected to has chunks it needs, stops
-/// one source that holds none of them to make room. Cancelled and failed
+/// long, none of whose sources holds a chunk it needs while a holder it is
+/// not connected to does, stops one source to make room. Cancelled and failed
 /// downloads keep serving their chunks, so without this a download could
 /// wait for good on sources that will never have the rest.
 pub const REPLACE_AFTER: Duration = Duration::from_secs(5);
@@ -553,7 +553,7 @@ fn update_sources(
             }
         }
         if sources.active.len() >= peer.max_sources {
-            if stalled && dl.sched().wants_any(&h.have) {
+            if stalled && dl.sched().wants_any(&h.have) && !any_source_has_wanted(dl, sources) {
                 make_room(dl, sources);
                 break;
             }
@@ -571,6 +571,16 @@ fn update_sources(
             .spawn(async move { (sid, pid, source::run_source(dl2, sid, addr, stop).await) });
     }
     dl.wake.notify_waiters();
+}
+
+/// Whether some running source holds a chunk the download still needs (it
+/// may only be slow: a download is left with its sources then).
+fn any_source_has_wanted(dl: &DownloadShared, sources: &Sources) -> bool {
+    let sched = dl.sched();
+    sources
+        .active
+        .values()
+        .any(|&sid| sched.source_has_wanted(sid))
 }
 
 /// Stops one running source that holds no chunk the download still needs,
