@@ -553,7 +553,7 @@ fn update_sources(
             }
         }
         if sources.active.len() >= peer.max_sources {
-            if stalled && dl.sched().wants_any(&h.have) && !any_source_has_wanted(dl, sources) {
+            if stalled && dl.sched().wants_any(&h.have) {
                 make_room(dl, sources);
                 break;
             }
@@ -573,28 +573,26 @@ fn update_sources(
     dl.wake.notify_waiters();
 }
 
-/// Whether some running source holds a chunk the download still needs (it
-/// may only be slow: a download is left with its sources then).
-fn any_source_has_wanted(dl: &DownloadShared, sources: &Sources) -> bool {
-    let sched = dl.sched();
-    sources
-        .active
-        .values()
-        .any(|&sid| sched.source_has_wanted(sid))
-}
-
-/// Stops one running source that holds no chunk the download still needs,
-/// if there is one and none is already stopping; its slot is filled at the
-/// next refresh.
+/// Stops one running source so that a holder outside the cap can take its
+/// slot at the next refresh. Nothing is stopped while another source is
+/// stopping, or while some source holds a chunk the download still needs
+/// (it may only be slow: a download is left with its sources then).
 fn make_room(dl: &DownloadShared, sources: &Sources) {
     if sources.stops.values().any(CancellationToken::is_cancelled) {
         return;
     }
     let sched = dl.sched();
+    if sources
+        .active
+        .values()
+        .any(|&sid| sched.source_has_wanted(sid))
+    {
+        return;
+    }
     if let Some(stop) = sources
         .active
         .values()
-        .find(|&&sid| !sched.source_has_wanted(sid))
+        .next()
         .and_then(|sid| sources.stops.get(sid))
     {
         stop.cancel();
