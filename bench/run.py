@@ -825,6 +825,7 @@ def machine_info(ctx):
         "glibc": " ".join(platform.libc_ver()),
         "memory": sh("free -h | awk '/^Mem:/{print $2}'"),
         "free_page_reporting": page_reporting(),
+        "tcp_congestion_control": sh("cat /proc/sys/net/ipv4/tcp_congestion_control"),
         "disk": sh(f"df -hT {ctx.work} | awk 'NR==2{{print $1\" \"$2\", \"$3\" total, \"$5\" free\"}}'"),
         "rotational": sh(f"d=$(basename $(df --output=source {ctx.work} | tail -1)); "
                          "p=$(lsblk -no pkname /dev/$d 2>/dev/null); "
