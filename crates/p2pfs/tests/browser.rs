@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,20 +63,36 @@ fn start_driver() -> Result<Option<Driver>> {
         );
         return Ok(None);
     };
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
+    // chromedriver picks its own port and prints it. Choosing one here
+    // and passing it on raced with every other process binding port 0 (the
+    // other browser test, its peers); the readiness probe could even
+    // connect a socket to itself on that port, which then kept chromedriver
+    // from listening there.
+    let mut child = Command::new(driver)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let d = Driver { child, port };
-    let deadline = Instant::now() + UI_WAIT;
-    while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
-        if Instant::now() > deadline {
-            return Err("chromedriver did not start".into());
+    let stdout = child.stdout.take().ok_or("chromedriver has no stdout")?;
+    let mut d = Driver { child, port: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads to the end, so chromedriver never blocks on a full pipe.
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            if let Some(port) = line
+                .strip_prefix("ChromeDriver was started successfully on port ")
+                .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    d.port = rx
+        .recv_timeout(UI_WAIT)
+        .map_err(|_| "chromedriver did not say which port it listens on")?;
     Ok(Some(d))
 }
 
