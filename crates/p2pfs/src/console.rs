@@ -184,7 +184,7 @@ impl Console {
             Some(p) => {
                 let _ = p.print(msg);
             }
-            None => println!("{msg}"),
+            None => outln!("{msg}"),
         }
     }
 }

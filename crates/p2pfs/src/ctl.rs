@@ -217,7 +217,7 @@ pub(crate) fn run(args: CtlArgs) -> ExitCode {
         .and_then(|api| execute(&api, args.command, args.json));
     match result {
         Ok(Some(text)) => {
-            println!("{text}");
+            outln!("{text}");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,

@@ -45,8 +45,8 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
         },
     ))
     .await?;
-    println!("network secret generated for this demo: every connection below is authenticated and encrypted");
-    println!("tracker      {taddr}{tracker_url}");
+    outln!("network secret generated for this demo: every connection below is authenticated and encrypted");
+    outln!("tracker      {taddr}{tracker_url}");
     let mut peers = Vec::new();
     for i in 1..=3 {
         let peer = PeerHandle::start(PeerConfig {
@@ -65,7 +65,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             exit: exit.clone(),
         }))
         .await?;
-        println!(
+        outln!(
             "peer {i}       {}{url}  (repository {})",
             peer.listen_addr(),
             peer.repo().display()
@@ -75,7 +75,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     let sample = dir.path().join("sample.bin");
     write_sample(&sample, size_mib * 1024 * 1024)?;
     let p = peers[0].publish(&sample, "sample.bin").await?;
-    println!(
+    outln!(
         "\npeer 1 published 'sample.bin' ({}, {} chunks)",
         size(p.size),
         p.chunks
@@ -89,7 +89,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             "peer {} could not fetch: {state:?}",
             i + 1
         );
-        println!(
+        outln!(
             "peer {} fetched it in {:.2}s ({}) into {}",
             i + 1,
             snap.elapsed.as_secs_f64(),
@@ -99,8 +99,8 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     }
     let same =
         std::fs::read(&sample)? == std::fs::read(peers[2].repo().join("downloads/sample.bin"))?;
-    println!("bytes identical: {same}\n");
-    println!("{}", crate::tracker_shell::files_table(&tracker.files()));
+    outln!("bytes identical: {same}\n");
+    outln!("{}", crate::tracker_shell::files_table(&tracker.files()));
     if no_shell {
         for p in &peers {
             p.shutdown().await;
@@ -113,15 +113,13 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             ExitCode::FAILURE
         });
     }
-    println!(
-        "\nYou are peer 3 ({}). A short tour:\n  list_files                      every file in the network\n  discover 127.0.0.1 {}     what peer 1 publishes\n  publish {} mine.bin   share a file of your own\n  tracker list_chunkinfo          who holds which chunks (any tracker command works after `tracker`)\n  tracker ping 127.0.0.1 {}\n  help                            every command; `help fetch` for one\n  exit                            leave (the demo folder is removed)\n",
-        peers[2].listen_addr(),
-        peers[0].listen_addr().port(),
-        sample.display(),
-        peers[1].listen_addr().port(),
+    outln!(
+        "\nYou are peer 3 ({}). A short tour:",
+        peers[2].listen_addr()
     );
+    outln!("{}", tour(&peers, &sample));
     if http {
-        println!(
+        outln!(
             "Open the web UIs above in a browser: publish, fetch and watch the chunk map live.\n"
         );
     }
@@ -132,6 +130,51 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     }
     tracker.shutdown();
     Ok(code)
+}
+
+/// The demo's short tour: commands to try in peer 3's shell, each with
+/// what it shows, the descriptions in one column.
+fn tour(peers: &[PeerHandle], sample: &std::path::Path) -> String {
+    let steps = [
+        ("list_files".to_owned(), "every file in the network"),
+        (
+            format!("discover 127.0.0.1 {}", peers[0].listen_addr().port()),
+            "what peer 1 publishes",
+        ),
+        (
+            format!("publish {} mine.bin", sample.display()),
+            "share a file of your own",
+        ),
+        (
+            "tracker list_chunkinfo".to_owned(),
+            "who holds which chunks (any tracker command works after `tracker`)",
+        ),
+        (
+            format!("tracker ping 127.0.0.1 {}", peers[1].listen_addr().port()),
+            "the tracker's round trip to peer 2",
+        ),
+        ("help".to_owned(), "every command; `help fetch` for one"),
+        ("exit".to_owned(), "leave (the demo folder is removed)"),
+    ];
+    // A long command (the sample's path) gets its description on the next
+    // line rather than pushing every description to the right.
+    const WIDEST: usize = 30;
+    let width = steps
+        .iter()
+        .map(|(c, _)| c.len())
+        .filter(|&len| len <= WIDEST)
+        .max()
+        .unwrap_or(0);
+    steps
+        .iter()
+        .map(|(command, what)| {
+            if command.len() > width {
+                format!("  {command}\n  {:width$}  {what}\n", "")
+            } else {
+                format!("  {command:<width$}  {what}\n")
+            }
+        })
+        .collect()
 }
 
 fn write_sample(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {

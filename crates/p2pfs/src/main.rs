@@ -7,6 +7,16 @@
 //! - [`ctl`]: script-friendly commands sent to a daemon's HTTP API.
 //! - [`fmt`]: tables, sizes, progress lines.
 
+/// `println!` for the binary's own output, without its panic when stdout
+/// is closed: after `p2pfs demo | head` the rest of the output is simply not
+/// wanted, and a daemon whose stdout went away keeps serving.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod console;
 mod ctl;
 mod demo;
@@ -358,6 +368,20 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Resolves on SIGHUP: the terminal went away. Only an interactive shell
+/// listens for it, so that a daemon started under `nohup` keeps running.
+async fn hangup_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            hup.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 async fn run_tracker(
     listen: Option<SocketAddr>,
     security: p2pfs_proto::Security,
@@ -368,13 +392,13 @@ async fn run_tracker(
         anyhow::bail!("--no-shell needs --listen IP:PORT (or the web UI, to start it from there)");
     }
     if security.is_insecure() {
-        println!("{}", secrets::INSECURE_WARNING);
+        outln!("{}", secrets::INSECURE_WARNING);
     }
     let tracker = TrackerHandle::new(security);
     if let Some(addr) = listen {
         let bound = tracker.start(addr).await?;
-        println!("tracker serving on {bound}");
-        println!("{}", secrets::join_line(&tracker));
+        outln!("tracker serving on {bound}");
+        outln!("{}", secrets::join_line(&tracker));
     }
     let exit = CancellationToken::new();
     if let Some((addr, token)) = http {
@@ -383,9 +407,9 @@ async fn run_tracker(
             exit: exit.clone(),
         });
         let (url, note) = start_http(addr, token, app, exit.clone()).await?;
-        println!("web UI and API on {url}");
+        outln!("web UI and API on {url}");
         if let Some(n) = note {
-            println!("{n}");
+            outln!("{n}");
         }
     }
     if no_shell {
@@ -398,7 +422,7 @@ async fn run_tracker(
         return Ok(ExitCode::SUCCESS);
     }
     if listen.is_none() {
-        println!(
+        outln!(
             "tracker not serving yet: type `start IP PORT` (e.g. `start 0.0.0.0 7000`), or `help`"
         );
     }
@@ -421,12 +445,12 @@ async fn run_peer(
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     if config.security.is_insecure() {
-        println!("{}", secrets::INSECURE_WARNING);
+        outln!("{}", secrets::INSECURE_WARNING);
     }
     let peer = PeerHandle::start(config)
         .await
         .context("cannot start the peer")?;
-    println!(
+    outln!(
         "peer {} listening on {} (repository {})",
         peer.peer_id().short(),
         peer.listen_addr(),
@@ -439,19 +463,19 @@ async fn run_peer(
             exit: exit.clone(),
         });
         let (url, note) = start_http(addr, token, app, exit.clone()).await?;
-        println!("web UI and API on {url}");
+        outln!("web UI and API on {url}");
         if let Some(n) = note {
-            println!("{n}");
+            outln!("{n}");
         }
     }
     if let Some(t) = tracker {
         match peer.connect(t).await {
-            Ok(adv) => println!("connected to tracker {t}; other peers reach this peer at {adv}"),
+            Ok(adv) => outln!("connected to tracker {t}; other peers reach this peer at {adv}"),
             Err(e) if no_shell => return Err(e).context("cannot connect to the tracker"),
-            Err(e) => println!("error: {e} (use `connect IP PORT` to try again)"),
+            Err(e) => outln!("error: {e} (use `connect IP PORT` to try again)"),
         }
     } else if !no_shell {
-        println!("not connected: type `connect IP PORT`, or `help`");
+        outln!("not connected: type `connect IP PORT`, or `help`");
     }
     if no_shell {
         tokio::select! {
@@ -560,6 +584,9 @@ where
         let input = tokio::select! {
             i = rx.recv() => i.unwrap_or(Input::Eof),
             () = shutdown_signal() => break,
+            // Closing the terminal ends the shell like `exit`: the daemon
+            // leaves the tracker, and the demo removes its folder.
+            () = hangup_signal(), if console.interactive() => break,
             () = stop.cancelled() => {
                 console.print("exit requested from the web UI or API");
                 break;

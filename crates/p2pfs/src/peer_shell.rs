@@ -44,7 +44,12 @@ enum Cmd {
     Discover { ip: String, port: u16 },
     /// Wait SECONDS (may be fractional) before answering each chunk request
     #[command(name = "set_delay")]
-    SetDelay { seconds: f64 },
+    SetDelay {
+        /// Seconds to wait; 0 answers at once
+        // A negative value is parsed, so that the range check can name it.
+        #[arg(allow_negative_numbers = true)]
+        seconds: f64,
+    },
     /// Show downloads with their progress
     Downloads,
     /// Cancel download ID (verified chunks stay on disk)

@@ -124,7 +124,7 @@ pub(crate) fn tracker(args: &SecretArgs, data: &Path) -> anyhow::Result<Security
     }
     let secret = NetworkSecret::generate();
     write_file(&path, &secret)?;
-    println!(
+    outln!(
         "created a new network secret in {} (keep it private)",
         path.display()
     );
@@ -163,7 +163,7 @@ pub(crate) fn peer(
             .flatten();
         if kept.as_ref() != Some(&secret) {
             if kept.is_some() {
-                println!(
+                outln!(
                     "replacing the network secret kept in {} (this peer joins another network)",
                     path.display()
                 );

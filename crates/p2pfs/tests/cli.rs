@@ -133,7 +133,7 @@ fn every_refusal_has_a_clear_message() -> Result {
     c.run("frobnicate", "unrecognized subcommand")?;
     c.run("connect 127.0.0.1 notaport", "invalid value")?;
     c.run("help publish", "Usage: publish <LNAME> <FNAME>")?;
-    c.run("set_delay -1", "error")?;
+    c.run("set_delay -1", "the delay must be between 0 and")?;
     Ok(())
 }
 
@@ -277,5 +277,103 @@ fn shell_cancel_keeps_chunks_and_resume_finishes() -> Result {
     assert!(line.contains("already verified"), "{line}");
     b.run("wait", "all downloads finished")?;
     assert_eq!(std::fs::read(net.path("b/downloads/slow.bin"))?, data);
+    Ok(())
+}
+
+/// Waits up to [`WAIT`] for `child` to exit; kills it if it does not.
+fn exit_status(child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the process did not exit".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_dropped_without_a_panic() -> Result {
+    // As in `p2pfs demo --no-shell | head -0`: stdout is closed before the
+    // first line, so every line meets a broken pipe.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+        .args(["demo", "--no-shell", "--no-http", "--size-mib", "1"])
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    let mut pipe = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        stderr
+    });
+    let status = exit_status(&mut child)?;
+    let stderr = reader.join().map_err(|_| "stderr reader panicked")?;
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(status.success(), "{status}: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn closing_the_terminal_ends_the_demo_like_exit() -> Result {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::process::Stdio;
+
+    // The demo's shell on a terminal of its own, so that it is interactive.
+    let pty = nix::pty::openpty(None, None)?;
+    let mut child = {
+        let slave: OwnedFd = pty.slave;
+        std::process::Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+            .args(["demo", "--no-http", "--size-mib", "1"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave))
+            .spawn()?
+    };
+    let mut master = std::fs::File::from(pty.master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with an error once the demo and its terminal are gone.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + WAIT;
+    while !seen.contains("peer>") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!("no shell prompt; the demo wrote: {seen}").into());
+            }
+        }
+    }
+    let start = seen.find("(repository ").ok_or("no repository line")? + "(repository ".len();
+    let end = seen[start..].find("/peer1").ok_or("no peer folder")? + start;
+    let folder = std::path::PathBuf::from(&seen[start..end]);
+    assert!(folder.is_dir(), "{}", folder.display());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGHUP,
+    )?;
+    let status = exit_status(&mut child)?;
+    assert!(status.success(), "{status}");
+    assert!(!folder.exists(), "{} is left behind", folder.display());
     Ok(())
 }
