@@ -7,7 +7,7 @@ use std::io;
 #[non_exhaustive]
 pub enum ProtoError {
     /// Reading or writing the socket failed.
-    #[error("connection error: {0}")]
+    #[error("connection error: {}", io_words(.0))]
     Io(#[from] io::Error),
     /// A frame's length is zero or over the limit.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
@@ -87,6 +87,17 @@ pub enum ProtoError {
     Unexpected(&'static str),
 }
 
+/// An IO error as users read it: "connection refused", not "Connection
+/// refused (os error 111)".
+fn io_words(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 impl ProtoError {
     /// The remote's error code, when it answered with an error.
     pub fn remote_code(&self) -> Option<crate::message::ErrorCode> {
@@ -94,5 +105,21 @@ impl ProtoError {
             ProtoError::Remote(e) => Some(e.code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_read_without_an_os_error_number() {
+        #[cfg(target_os = "linux")]
+        {
+            let refused = ProtoError::Io(io::Error::from_raw_os_error(111));
+            assert_eq!(refused.to_string(), "connection error: connection refused");
+        }
+        let custom = ProtoError::Io(io::Error::other("Broken pipe"));
+        assert_eq!(custom.to_string(), "connection error: broken pipe");
     }
 }

@@ -134,6 +134,13 @@ fn every_refusal_has_a_clear_message() -> Result {
     c.run("connect 127.0.0.1 notaport", "invalid value")?;
     c.run("help publish", "Usage: publish <LNAME> <FNAME>")?;
     c.run("set_delay -1", "the delay must be between 0 and")?;
+    // A tracker address where nothing listens: said in words, no errno.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let refused = c.run(
+        &format!("connect 127.0.0.1 {}", closed.port()),
+        "connection refused",
+    )?;
+    assert!(!refused.contains("os error"), "{refused}");
     Ok(())
 }
 
