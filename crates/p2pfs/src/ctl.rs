@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::fmt::{rate, size, table};
+use crate::fmt::{chunks, rate, size, table};
 
 /// Talk to a running tracker or peer through its HTTP API.
 #[derive(Debug, Args)]
@@ -311,10 +311,10 @@ fn execute(api: &Api, command: CtlCommand, as_json: bool) -> CtlResult {
             )?;
             show(v, &|v| {
                 format!(
-                    "published '{}' ({}, {} chunks)",
+                    "published '{}' ({}, {})",
                     s(&v["name"]),
                     size(u(&v["size"])),
-                    u(&v["chunks"])
+                    chunks(u(&v["chunks"]))
                 )
             })
         }

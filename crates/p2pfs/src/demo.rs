@@ -11,7 +11,7 @@ use p2pfs_peer::{DownloadState, PeerConfig, PeerHandle};
 use p2pfs_tracker::TrackerHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fmt::{rate, size};
+use crate::fmt::{chunks, rate, size};
 
 pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
@@ -76,9 +76,9 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     write_sample(&sample, size_mib * 1024 * 1024)?;
     let p = peers[0].publish(&sample, "sample.bin").await?;
     outln!(
-        "\npeer 1 published 'sample.bin' ({}, {} chunks)",
+        "\npeer 1 published 'sample.bin' ({}, {})",
         size(p.size),
-        p.chunks
+        chunks(p.chunks)
     );
     for (i, peer) in peers.iter().enumerate().skip(1) {
         let d = peer.fetch("sample.bin", None, None).await?;

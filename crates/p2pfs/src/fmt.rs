@@ -36,6 +36,14 @@ pub(crate) fn size(bytes: u64) -> String {
     HumanBytes(bytes).to_string()
 }
 
+/// A count of chunks in words: `1 chunk`, `512 chunks`.
+pub(crate) fn chunks(n: impl Into<u64>) -> String {
+    match n.into() {
+        1 => "1 chunk".into(),
+        n => format!("{n} chunks"),
+    }
+}
+
 /// A rate, e.g. `12.00 MiB/s`.
 pub(crate) fn rate(bytes_per_sec: f64) -> String {
     format!("{}/s", HumanBytes(bytes_per_sec.max(0.0) as u64))
@@ -81,6 +89,13 @@ pub(crate) fn progress_line(id: u64, name: &str, p: &Progress, width: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_chunk_is_singular() {
+        assert_eq!(chunks(0u32), "0 chunks");
+        assert_eq!(chunks(1u32), "1 chunk");
+        assert_eq!(chunks(4096u64), "4096 chunks");
+    }
 
     #[test]
     fn table_aligns_by_characters() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use p2pfs_peer::{DownloadState, PeerHandle};
 
-use crate::fmt::{progress_line, size, table};
+use crate::fmt::{chunks, progress_line, size, table};
 use crate::tracker_shell::{discover_table, files_table};
 use crate::{resolve, Outcome};
 
@@ -84,10 +84,10 @@ pub(crate) async fn run_line(peer: &PeerHandle, words: Vec<String>) -> Outcome {
             let started = std::time::Instant::now();
             match peer.publish(&lname, &fname).await {
                 Ok(p) => Outcome::ok(format!(
-                    "published '{}' ({}, {} chunks) from {} in {:.2}s",
+                    "published '{}' ({}, {}) from {} in {:.2}s",
                     p.name,
                     size(p.size),
-                    p.chunks,
+                    chunks(p.chunks),
                     p.path.display(),
                     started.elapsed().as_secs_f64()
                 )),
@@ -171,10 +171,10 @@ async fn fetch(peer: &PeerHandle, fname: String, rest: Vec<String>) -> Outcome {
         Ok(d) => {
             let p = d.snapshot();
             Outcome::ok(format!(
-                "fetching '{}' ({}, {} chunks) into {} as download #{}",
+                "fetching '{}' ({}, {}) into {} as download #{}",
                 d.name,
                 size(p.bytes_total),
-                p.chunks_total,
+                chunks(p.chunks_total),
                 d.dest.display(),
                 d.id
             ))
