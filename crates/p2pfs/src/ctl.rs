@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::fmt::{chunks, rate, size, table};
+use crate::fmt::{count, rate, size, table};
 
 /// Talk to a running tracker or peer through its HTTP API.
 #[derive(Debug, Args)]
@@ -314,7 +314,7 @@ fn execute(api: &Api, command: CtlCommand, as_json: bool) -> CtlResult {
                     "published '{}' ({}, {})",
                     s(&v["name"]),
                     size(u(&v["size"])),
-                    chunks(u(&v["chunks"]))
+                    count(u(&v["chunks"]), "chunk")
                 )
             })
         }

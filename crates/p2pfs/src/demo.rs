@@ -11,7 +11,7 @@ use p2pfs_peer::{DownloadState, PeerConfig, PeerHandle};
 use p2pfs_tracker::TrackerHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fmt::{chunks, rate, size};
+use crate::fmt::{count, rate, size};
 
 pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
@@ -78,7 +78,7 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
     outln!(
         "\npeer 1 published 'sample.bin' ({}, {})",
         size(p.size),
-        chunks(p.chunks)
+        count(p.chunks, "chunk")
     );
     for (i, peer) in peers.iter().enumerate().skip(1) {
         let d = peer.fetch("sample.bin", None, None).await?;

@@ -36,11 +36,11 @@ pub(crate) fn size(bytes: u64) -> String {
     HumanBytes(bytes).to_string()
 }
 
-/// A count of chunks in words: `1 chunk`, `512 chunks`.
-pub(crate) fn chunks(n: impl Into<u64>) -> String {
+/// A count in words: `1 chunk`, `512 chunks` (nouns whose plural adds an s).
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     match n.into() {
-        1 => "1 chunk".into(),
-        n => format!("{n} chunks"),
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 
@@ -91,10 +91,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_chunk_is_singular() {
-        assert_eq!(chunks(0u32), "0 chunks");
-        assert_eq!(chunks(1u32), "1 chunk");
-        assert_eq!(chunks(4096u64), "4096 chunks");
+    fn counts_of_one_are_singular() {
+        assert_eq!(count(0u32, "chunk"), "0 chunks");
+        assert_eq!(count(1u32, "chunk"), "1 chunk");
+        assert_eq!(count(4096u64, "chunk"), "4096 chunks");
+        assert_eq!(count(1u64, "peer"), "1 peer");
     }
 
     #[test]

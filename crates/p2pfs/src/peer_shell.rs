@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use p2pfs_peer::{DownloadState, PeerHandle};
 
-use crate::fmt::{chunks, progress_line, size, table};
+use crate::fmt::{count, progress_line, size, table};
 use crate::tracker_shell::{discover_table, files_table};
 use crate::{resolve, Outcome};
 
@@ -87,7 +87,7 @@ pub(crate) async fn run_line(peer: &PeerHandle, words: Vec<String>) -> Outcome {
                     "published '{}' ({}, {}) from {} in {:.2}s",
                     p.name,
                     size(p.size),
-                    chunks(p.chunks),
+                    count(p.chunks, "chunk"),
                     p.path.display(),
                     started.elapsed().as_secs_f64()
                 )),
@@ -174,7 +174,7 @@ async fn fetch(peer: &PeerHandle, fname: String, rest: Vec<String>) -> Outcome {
                 "fetching '{}' ({}, {}) into {} as download #{}",
                 d.name,
                 size(p.bytes_total),
-                chunks(p.chunks_total),
+                count(p.chunks_total, "chunk"),
                 d.dest.display(),
                 d.id
             ))

@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 use clap::Parser;
 use p2pfs_tracker::TrackerHandle;
 
-use crate::fmt::{size, table};
+use crate::fmt::{count, size, table};
 use crate::{resolve, Outcome};
 
 /// Tracker shell commands.
@@ -101,8 +101,8 @@ fn list_peers(tracker: &TrackerHandle) -> String {
         })
         .collect();
     format!(
-        "{} peer(s) online\n{}",
-        peers.len(),
+        "{} online\n{}",
+        count(peers.len() as u64, "peer"),
         table(
             &["ADDRESS", "PEER ID", "PUBLISHED", "HOLDING", "CONNECTED"],
             &rows
@@ -132,8 +132,8 @@ pub(crate) fn discover_table(
         })
         .collect();
     format!(
-        "peer {addr} ({peer}) publishes {} file(s)\n{}",
-        files.len(),
+        "peer {addr} ({peer}) publishes {}\n{}",
+        count(files.len() as u64, "file"),
         table(&["NAME", "SIZE", "CHUNKS", "PATH", "ADDRESS"], &rows)
     )
 }
