@@ -114,8 +114,7 @@ function initPeer(initialStatus) {
     tr.dataset.publisher = f.publisher;
     tr.dataset.ambiguous = ambiguous ? '1' : '';
     const name = tr.querySelector('.name');
-    fill(name, h('span', { text: f.name, title: `content ${f.content_id}` }),
-      !f.own && inRepo.has(f.content_id) ? h('span', { class: 'tag ok-tag', text: 'in repo', title: 'You already fetched this content' }) : null);
+    fill(name, h('span', { text: f.name, title: `content ${f.content_id}` }));
     const pub = tr.querySelector('.publisher');
     fill(pub, h('span', { class: 'mono', text: f.publisher, title: `peer ${f.publisher_id}` }),
       f.publisher_online ? null : h('span', { class: 'tag muted-tag', text: 'offline' }));
@@ -131,6 +130,12 @@ function initPeer(initialStatus) {
     const action = tr.querySelector('.action');
     if (f.own) {
       if (!action.querySelector('.own-tag')) fill(action, h('span', { class: 'tag own-tag', text: 'yours', title: 'You published this file' }));
+      return;
+    }
+    // Content this peer already holds cannot be fetched again (the peer
+    // refuses), so it gets a tag instead of a button that can only fail.
+    if (inRepo.has(f.content_id)) {
+      if (!action.querySelector('.have-tag')) fill(action, h('span', { class: 'tag ok-tag have-tag', text: 'in repo', title: 'You already hold this content: see Your repository' }));
       return;
     }
     let btn = action.querySelector('.fetch-btn');

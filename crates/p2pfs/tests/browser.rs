@@ -225,6 +225,18 @@ async fn publish_fetch_and_ping_in_a_real_browser() -> Result {
         })
         .await?;
         assert!(fetched.text().await?.contains("photos.bin"));
+        // Held now: the row offers no Fetch that could only be refused.
+        wait_for(
+            &c,
+            "#network-files tr[data-name=\"photos.bin\"] .action .have-tag",
+        )
+        .await?;
+        assert!(c
+            .find_all(Locator::Css(
+                "#network-files tr[data-name=\"photos.bin\"] button.fetch-btn"
+            ))
+            .await?
+            .is_empty());
 
         // The tracker page pings Alice and shows the chunk map.
         c.goto(&tracker_url).await?;
