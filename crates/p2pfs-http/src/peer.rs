@@ -333,6 +333,9 @@ pub struct DownloadDto {
     pub error: Option<String>,
     /// Verified bytes.
     pub bytes_done: u64,
+    /// Bytes already verified when this run started (a resumed download);
+    /// this run fetched `bytes_done - bytes_at_start`.
+    pub bytes_at_start: u64,
     /// File size.
     pub bytes_total: u64,
     /// Verified chunks.
@@ -388,6 +391,7 @@ impl DownloadDto {
             state: state.into(),
             error,
             bytes_done: p.bytes_done,
+            bytes_at_start: p.bytes_at_start,
             bytes_total: p.bytes_total,
             chunks_done: p.chunks_done,
             chunks_total: p.chunks_total,

@@ -287,7 +287,8 @@ function initPeer(initialStatus) {
     setText(card.querySelector('.dl-bytes'), d.state === 'done'
       ? fmtBytes(d.bytes_total)
       : `${fmtBytes(d.bytes_done)} of ${fmtBytes(d.bytes_total)}`);
-    const avg = d.elapsed_secs > 0 ? d.bytes_done / d.elapsed_secs : 0;
+    // What this run fetched: a resumed download had part of the file already.
+    const avg = d.elapsed_secs > 0 ? Math.max(0, d.bytes_done - (d.bytes_at_start || 0)) / d.elapsed_secs : 0;
     setText(card.querySelector('.dl-rate'), running ? fmtRate(d.rate) : (avg > 0 ? `avg ${fmtRate(avg)}` : ''));
     setText(card.querySelector('.dl-eta'), running
       ? (d.eta_secs === null || d.eta_secs === undefined ? 'ETA –' : `ETA ${fmtDuration(d.eta_secs)}`)

@@ -235,6 +235,14 @@ pub(crate) fn ended(peer: &PeerHandle, id: u64, name: &str, state: &DownloadStat
     };
     let p = d.snapshot();
     match state {
+        DownloadState::Done if p.bytes_at_start > 0 => format!(
+            "fetched '{name}' into {} ({} in {:.2}s, {}; the other {} were verified before)",
+            d.dest.display(),
+            size(p.bytes_total.saturating_sub(p.bytes_at_start)),
+            p.elapsed.as_secs_f64(),
+            crate::fmt::rate(p.rate),
+            size(p.bytes_at_start),
+        ),
         DownloadState::Done => format!(
             "fetched '{name}' into {} ({} in {:.2}s, {})",
             d.dest.display(),

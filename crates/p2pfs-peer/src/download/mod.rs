@@ -106,6 +106,9 @@ pub struct Progress {
     pub state: DownloadState,
     /// Verified bytes.
     pub bytes_done: u64,
+    /// Bytes already verified when this run started (a resumed download);
+    /// the run itself fetched `bytes_done - bytes_at_start`.
+    pub bytes_at_start: u64,
     /// File size.
     pub bytes_total: u64,
     /// Verified chunks.
@@ -246,9 +249,11 @@ pub(crate) fn finished(
     state: DownloadState,
     have: p2pfs_proto::Bitfield,
 ) -> Arc<DownloadHandle> {
+    let done = bytes_of(manifest, &have);
     let progress = Progress {
         state,
-        bytes_done: bytes_of(manifest, &have),
+        bytes_done: done,
+        bytes_at_start: done,
         bytes_total: manifest.size,
         chunks_done: have.count_ones(),
         chunks_total: manifest.chunk_count(),
@@ -285,6 +290,7 @@ pub(crate) fn spawn(peer: Arc<PeerInner>, spec: DownloadSpec) -> Arc<DownloadHan
     let initial = Progress {
         state: DownloadState::Running,
         bytes_done: resumed_bytes,
+        bytes_at_start: resumed_bytes,
         bytes_total: spec.manifest.size,
         chunks_done: have.count_ones(),
         chunks_total: spec.manifest.chunk_count(),
@@ -478,7 +484,10 @@ async fn run(
         p.elapsed = started.elapsed();
         p.sources = 0;
         if p.elapsed.as_secs_f64() > 0.0 && state == DownloadState::Done {
-            p.rate = p.bytes_total as f64 / p.elapsed.as_secs_f64();
+            // What this run fetched: a resumed download had part of the
+            // file already.
+            p.rate =
+                p.bytes_total.saturating_sub(p.bytes_at_start) as f64 / p.elapsed.as_secs_f64();
         }
     });
     state
