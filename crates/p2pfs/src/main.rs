@@ -111,8 +111,8 @@ enum Command {
         /// Run the demo and exit instead of opening a shell
         #[arg(long)]
         no_shell: bool,
-        /// Serve the daemons' web UIs and APIs (on loopback, ports picked
-        /// freely); --no-http turns them off
+        /// Do not serve the daemons' web UIs and HTTP APIs (by default they
+        /// are served on loopback, on free ports)
         #[arg(long)]
         no_http: bool,
     },
