@@ -89,9 +89,14 @@ pub enum ProtoError {
 
 /// An IO error as users read it: "connection refused", not "Connection
 /// refused (os error 111)".
-fn io_words(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
+pub fn io_words(e: &io::Error) -> String {
+    error_words(&e.to_string())
+}
+
+/// An error message as users read it: without the operating system's
+/// "(os error N)" and with a lower-case first letter, to follow a colon.
+pub fn error_words(text: &str) -> String {
+    let text = text.split(" (os error").next().unwrap_or(text);
     let mut chars = text.chars();
     chars.next().map_or_else(String::new, |first| {
         first.to_lowercase().chain(chars).collect()
@@ -121,5 +126,10 @@ mod tests {
         }
         let custom = ProtoError::Io(io::Error::other("Broken pipe"));
         assert_eq!(custom.to_string(), "connection error: broken pipe");
+        assert_eq!(
+            error_words("Address already in use (os error 98)"),
+            "address already in use"
+        );
+        assert_eq!(error_words(""), "");
     }
 }

@@ -30,7 +30,7 @@ pub mod types;
 
 pub use codec::{Frame, FrameCodec};
 pub use conn::{Role, RpcClient};
-pub use error::ProtoError;
+pub use error::{error_words, io_words, ProtoError};
 pub use message::{ErrorCode, ErrorReply, Message};
 pub use secure::{JoinToken, NetworkSecret, Security};
 pub use types::{Bitfield, ContentId, Manifest, PeerId};

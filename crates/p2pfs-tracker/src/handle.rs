@@ -23,7 +23,7 @@ pub enum TrackerError {
     #[error("the tracker is already serving on {0}")]
     AlreadyStarted(SocketAddr),
     /// Binding the listen address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", p2pfs_proto::io_words(.source))]
     Bind {
         /// Address.
         addr: SocketAddr,

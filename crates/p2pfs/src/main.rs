@@ -337,10 +337,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, as `{:#}` prints them, in words (no "os error
+/// N") and without a cause that the text before already says: p2pfs's
+/// errors word their cause in their own message ("cannot listen on
+/// 1.2.3.4:80: cannot assign requested address"), and `{:#}` would repeat
+/// it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = p2pfs_proto::error_words(&cause.to_string());
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Resolves on SIGINT or SIGTERM.

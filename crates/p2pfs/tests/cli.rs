@@ -387,3 +387,32 @@ fn closing_the_terminal_ends_the_demo_like_exit() -> Result {
     assert!(!folder.exists(), "{} is left behind", folder.display());
     Ok(())
 }
+
+#[test]
+fn a_port_in_use_is_reported_once_in_words() -> Result {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+        .args([
+            "tracker",
+            "--insecure",
+            "--no-shell",
+            "--no-http",
+            "--listen",
+            &addr,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .ok_or_else(|| format!("no error line in: {stderr}"))?;
+    assert_eq!(
+        error,
+        format!("error: cannot listen on {addr}: address already in use")
+    );
+    Ok(())
+}
