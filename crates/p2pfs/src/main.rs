@@ -80,8 +80,9 @@ enum Command {
         /// network secret)
         #[arg(long, value_name = "TOKEN", env = "P2PFS_JOIN", hide_env_values = true)]
         join: Option<String>,
-        /// Connect to this tracker at start (default: the join token's)
-        #[arg(long, value_name = "IP:PORT")]
+        /// Connect to this tracker at start (default: the join token's); a
+        /// host name works too (HOST:PORT)
+        #[arg(long, value_name = "IP:PORT", value_parser = host_port)]
         tracker: Option<SocketAddr>,
         /// Listen for chunk requests here (port 0 picks a free port)
         #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
@@ -237,6 +238,21 @@ pub(crate) fn resolve(ip: &str, port: u16) -> Result<SocketAddr, String> {
         .ok()
         .and_then(|mut a| a.find(SocketAddr::is_ipv4))
         .ok_or_else(|| format!("'{ip}' is not an IP address or a known host name"))
+}
+
+/// Parses `IP:PORT` or `HOST:PORT` (the host name resolved now, as the
+/// shells' `connect` does).
+fn host_port(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}' is not IP:PORT or HOST:PORT (e.g. 10.0.0.1:7000)"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+    resolve(host, port)
 }
 
 fn init_logging(default: &str) {
@@ -644,5 +660,26 @@ where
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_addresses_take_an_ip_or_a_host_name() {
+        assert_eq!(
+            host_port("10.0.0.1:7000"),
+            Ok(SocketAddr::from(([10, 0, 0, 1], 7000)))
+        );
+        assert_eq!(
+            host_port("localhost:7000"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+        assert!(host_port("localhost").unwrap_err().contains("HOST:PORT"));
+        assert!(host_port("localhost:http")
+            .unwrap_err()
+            .contains("not a port number"));
     }
 }

@@ -416,3 +416,16 @@ fn a_port_in_use_is_reported_once_in_words() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn a_peer_reaches_its_tracker_by_host_name() -> Result {
+    let net = Net::new()?;
+    let by_name = format!("localhost:{}", net.taddr.port());
+    let (mut p, _) = Proc::peer_with(
+        "named",
+        &["--join", &net.join, "--tracker", &by_name],
+        &net.path("named"),
+    )?;
+    p.run("list_files", "no files")?;
+    Ok(())
+}
