@@ -97,8 +97,8 @@ pub(crate) async fn run(size_mib: u64, no_shell: bool, http: bool) -> anyhow::Re
             d.dest.display()
         );
     }
-    let same =
-        std::fs::read(&sample)? == std::fs::read(peers[2].repo().join("downloads/sample.bin"))?;
+    let same = same_bytes(&sample, &peers[2].repo().join("downloads/sample.bin"))
+        .context("cannot compare the fetched copy with the sample")?;
     outln!("bytes identical: {same}\n");
     outln!("{}", crate::tracker_shell::files_table(&tracker.files()));
     if no_shell {
@@ -177,6 +177,27 @@ fn tour(peers: &[PeerHandle], sample: &std::path::Path) -> String {
         .collect()
 }
 
+/// Whether two files hold the same bytes, read a block at a time (the
+/// sample can be as large as `--size-mib` says).
+fn same_bytes(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if a.metadata()?.len() != b.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 fn write_sample(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(path).context("cannot write the sample file")?,
@@ -191,4 +212,26 @@ fn write_sample(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
     }
     f.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_bytes_compares_contents_block_by_block() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&a, &data)?;
+        std::fs::write(&b, &data)?;
+        assert!(same_bytes(&a, &b)?);
+        let mut other = data.clone();
+        other[2_500_000] ^= 1;
+        std::fs::write(&b, &other)?;
+        assert!(!same_bytes(&a, &b)?);
+        std::fs::write(&b, &data[..data.len() - 1])?;
+        assert!(!same_bytes(&a, &b)?);
+        Ok(())
+    }
 }
