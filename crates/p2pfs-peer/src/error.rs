@@ -95,7 +95,7 @@ pub enum PeerError {
     #[error("{0}")]
     CannotResume(String),
     /// Local IO failed.
-    #[error("{context}: {}", p2pfs_proto::io_words(.source))]
+    #[error("{context}: {}", crate::handle::describe_io(.source))]
     Io {
         /// What we were doing.
         context: String,

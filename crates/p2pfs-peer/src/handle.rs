@@ -996,10 +996,7 @@ pub fn describe_io(e: &std::io::Error) -> String {
         K::AlreadyExists => "it already exists".into(),
         K::StorageFull => "the disk is full".into(),
         K::IsADirectory => "it is a folder".into(),
-        _ => {
-            let s = e.to_string();
-            s.split(" (os error").next().unwrap_or(&s).to_string()
-        }
+        _ => p2pfs_proto::io_words(e),
     }
 }
 
