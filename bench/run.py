@@ -29,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bittorrent as BT  # noqa: E402
+import pyref  # noqa: E402
 import harness as H  # noqa: E402
 import swarm as S  # noqa: E402
 import svgplot  # noqa: E402
@@ -266,7 +267,7 @@ def bench_single(ctx):
                                "aria2_transfer", "ratio_aria2", "ratio_aria2_plain",
                                "ratio_aria2_transfer", "cpu_dl", "cpu_seed",
                                "cpu_dl_plain", "cpu_seed_plain", "cpu_tcp_recv",
-                               "cpu_tcp_send")}
+                               "cpu_tcp_send", "pyref", "ratio_pyref", "ratio_pyref_plain")}
         # p2pfs: the default (Noise, AES-256-GCM); p2pfs_chacha: the same with
         # ChaCha20-Poly1305; p2pfs_plain: --insecure. Their ratios give the
         # cost of encryption and the cipher choice, measured in the same run.
@@ -290,8 +291,11 @@ def bench_single(ctx):
                 H.log(f"single: no BitTorrent reference: {e}")
         else:
             H.log("single: no BitTorrent reference (needs aria2c, mktorrent, opentracker)")
+        py = ctx.pyref
+        if py:
+            methods.append("pyref")
         try:
-            single_runs(ctx, src, size, dst, methods, rec, bt)
+            single_runs(ctx, src, size, dst, methods, rec, bt, py)
         finally:
             if bt:
                 bt.close()
@@ -302,7 +306,7 @@ def bench_single(ctx):
     return out
 
 
-def single_runs(ctx, src, size, dst, methods, rec, bt):
+def single_runs(ctx, src, size, dst, methods, rec, bt, py=None):
     """The repetitions of benchmark 1 for one file size; appends to `rec`."""
     for i in range(ctx.runs):
         got = {}
@@ -328,6 +332,9 @@ def single_runs(ctx, src, size, dst, methods, rec, bt):
                 ctx.prepare_cache(src)
                 got[m], transfer = bt.fetch(size)
                 rec["aria2_transfer"].append(transfer)
+            elif m == "pyref":
+                ctx.prepare_cache(src)
+                got[m] = py.fetch(src, dst)
             elif m == "tcpcopy_pin":
                 ctx.prepare_cache(src)
                 got[m] = ref_tcpcopy(ctx, src, dst, pin=True)
@@ -364,6 +371,9 @@ def single_runs(ctx, src, size, dst, methods, rec, bt):
             rec["ratio_aria2"].append(got["aria2"] / got["p2pfs"])
             rec["ratio_aria2_plain"].append(got["aria2"] / got["p2pfs_plain"])
             rec["ratio_aria2_transfer"].append(rec["aria2_transfer"][-1] / got["p2pfs"])
+        if "pyref" in got:
+            rec["ratio_pyref"].append(got["pyref"] / got["p2pfs"])
+            rec["ratio_pyref_plain"].append(got["pyref"] / got["p2pfs_plain"])
         rec["ratio_cp"].append(got["cp"] / got["p2pfs"])
         H.log(f"single {size_label(size)} run {i + 1}: " +
               ", ".join(f"{k} {v:.3f}s" for k, v in got.items()))
@@ -871,9 +881,10 @@ def table(results):
                      "p2pfs_pin": "pinned: p2pfs (encrypted, AES-GCM)",
                      "p2pfs_plain_pin": "pinned: p2pfs --insecure (plain)",
                      "tcpcopy_pin": "pinned: tcpcopy",
-                     "aria2": "BitTorrent: aria2c from an aria2c seeder (start to exit)"}
+                     "aria2": "BitTorrent: aria2c from an aria2c seeder (start to exit)",
+                     "pyref": "the Python implementation (`--pyref`)"}
             for k in ("p2pfs", "p2pfs_chacha", "p2pfs_plain", "tcpcopy", "socat", "cp",
-                      "aria2", "p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"):
+                      "aria2", "pyref", "p2pfs_pin", "p2pfs_plain_pin", "tcpcopy_pin"):
                 if x.get(k, {}).get("n"):
                     thr = H.summary([mib_s(size, v) for v in x[k]["values"]])
                     row(b, f"{names.get(k, k)} time, s (MiB/s)",
@@ -909,6 +920,11 @@ def table(results):
                     fs(x["ratio_aria2_plain"]))
                 row(b, "p2pfs encrypted (whole fetch) / aria2c's pieces alone (first to "
                     "last)", fs(x["ratio_aria2_transfer"]))
+            if x.get("ratio_pyref", {}).get("n"):
+                row(b, "p2pfs encrypted / the Python implementation throughput",
+                    fs(x["ratio_pyref"]))
+                row(b, "p2pfs --insecure / the Python implementation throughput",
+                    fs(x["ratio_pyref_plain"]))
             row(b, "p2pfs / cp throughput", fs(x["ratio_cp"]))
             if x.get("cpu_tcp_recv", {}).get("n"):
                 # CPU seconds of the receiving and sending processes (all
@@ -1082,6 +1098,11 @@ def main():
                     help="give up on a benchmark 7 repetition after this many seconds")
     ap.add_argument("--single-mib", default="1024,5120",
                     help="file sizes in MiB for benchmark 1 (quick: 32)")
+    ap.add_argument("--pyref", metavar="DIR", default=None,
+                    help="benchmark 1: also time the Python implementation of the course "
+                         "design whose p2pfs package is in DIR (see BENCHMARKS.md)")
+    ap.add_argument("--pyref-python", metavar="PYTHON", default=sys.executable,
+                    help="the interpreter for --pyref, with its dependencies installed")
     ap.add_argument("--swarm-n", default="8,16,32", help="leecher counts for benchmark 3")
     ap.add_argument("--swarm-rate", type=int, default=20, help="upload Mbit/s per host")
     ap.add_argument("--tracker-peers", type=int, default=10_000)
@@ -1115,6 +1136,12 @@ def main():
     work = tempfile.mkdtemp(prefix="p2pfs-bench-", dir=args.workdir)
     H.CLEANUP.add(lambda: shutil.rmtree(work, ignore_errors=True))
     ctx = Ctx(args, work)
+    ctx.pyref = None
+    if args.pyref and "single" in selected:
+        try:
+            ctx.pyref = pyref.Reference(args.pyref, args.pyref_python, ctx.logdir)
+        except RuntimeError as e:
+            ap.error(str(e))
     results_dir = args.results or (os.path.join(work, "results") if args.quick else
                                    os.path.join(H.REPO, "bench", "results"))
     os.makedirs(results_dir, exist_ok=True)
