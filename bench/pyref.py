@@ -51,9 +51,9 @@ class Reference:
                                f"dependencies ({', '.join(MODULES)}): "
                                f"{(check.stderr.strip().splitlines() or ['?'])[-1]}")
 
-    def _start(self, args, log, want, timeout=60):
+    def _start(self, args, log, ok, timeout=60):
         """Starts a driver process; returns it and its first stdout line,
-        which must start with `want` (empty: any)."""
+        which `ok` must accept."""
         p = self.H.spawn([self.python, DRIVER, *args], stderr=log, env=self.env)
         got = []
         reader = threading.Thread(target=lambda: got.append(p.stdout.readline().strip()),
@@ -61,7 +61,7 @@ class Reference:
         reader.start()
         reader.join(timeout)
         line = got[0] if got else None
-        if line is None or not line.startswith(want):
+        if line is None or not ok(line):
             self.H.CLEANUP.kill_procs([p])
             raise RuntimeError(f"Python reference {args[0]}: said {line!r} in {timeout} s; "
                                "see pyref.log")
@@ -74,9 +74,9 @@ class Reference:
         with open(os.path.join(self.logdir, "pyref.log"), "a") as log:
             procs = []
             try:
-                tracker, port = self._start(["tracker"], log, "")
+                tracker, port = self._start(["tracker"], log, str.isdigit)
                 procs.append(tracker)
-                seeder, _ = self._start(["seed", port, src], log, "ready")
+                seeder, _ = self._start(["seed", port, src], log, lambda s: s == "ready")
                 procs.append(seeder)
                 r = subprocess.run([self.python, DRIVER, "get", port, os.path.basename(src),
                                     dst], env=self.env, stdout=subprocess.PIPE, stderr=log,
