@@ -88,6 +88,18 @@ pub enum PeerError {
         /// Why.
         why: String,
     },
+    /// Another process (a peer started on the same folder) holds the
+    /// repository.
+    #[error(
+        "the repository {dir} is in use by another p2pfs peer{}; stop that peer, or give this one its own --repo",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    RepositoryInUse {
+        /// The repository folder.
+        dir: PathBuf,
+        /// The holder's pid, as it wrote it.
+        pid: Option<u32>,
+    },
     /// No download with that id.
     #[error("there is no download #{0}")]
     NoSuchDownload(u64),
@@ -124,6 +136,7 @@ impl PeerError {
             PeerError::Refused(_) => "refused",
             PeerError::BadDelay(_) => "bad_delay",
             PeerError::Repository { .. } => "repository",
+            PeerError::RepositoryInUse { .. } => "repository_in_use",
             PeerError::NoSuchDownload(_) => "no_such_download",
             PeerError::CannotResume(_) => "cannot_resume",
             PeerError::Io { .. } => "io",

@@ -859,7 +859,8 @@ impl PeerHandle {
         Ok(full)
     }
 
-    /// Tells the tracker this peer leaves, cancels downloads and stops serving.
+    /// Tells the tracker this peer leaves, cancels downloads, stops serving
+    /// and gives up the repository's lock.
     pub async fn shutdown(&self) {
         let link = self
             .inner
@@ -876,6 +877,7 @@ impl PeerHandle {
         }
         self.inner.shutdown.cancel();
         self.inner.reader.stop();
+        self.inner.db.release();
     }
 }
 

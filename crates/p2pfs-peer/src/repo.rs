@@ -4,11 +4,19 @@
 //! a manifest cache by path, size and modification time, and every download
 //! with its destination and the bitfield of verified chunks.
 //!
+//! One peer at a time owns a repository: [`Repo::open`] takes an exclusive
+//! lock on its `lock` file (holding the owner's pid) and keeps it until the
+//! peer shuts down ([`Repo::release`]) or the process ends, so a second
+//! peer started on the same folder is refused instead of sharing the peer
+//! id and the database.
+//!
 //! Calls are short and synchronous; callers never hold the connection
 //! across an await. The bitfield of a running download is saved on the
 //! download's progress tick, so a crash loses at most the last few hundred
 //! milliseconds of verified chunks, which a resumed download fetches again.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
@@ -20,6 +28,10 @@ use crate::error::PeerError;
 
 /// The database file inside the repository folder.
 pub const DB_FILE: &str = "p2pfs.db";
+
+/// The lock file inside the repository folder: locked by the peer that
+/// owns the repository, and holding its pid.
+pub const LOCK_FILE: &str = "lock";
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -174,6 +186,8 @@ pub struct DownloadRow {
 pub struct Repo {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The repository's lock, held until [`Repo::release`] or the drop.
+    lock: Mutex<Option<File>>,
 }
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> PeerError + '_ {
@@ -191,12 +205,45 @@ fn path_text(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Takes the repository's lock, or says which process holds it.
+fn lock_repository(dir: &Path) -> Result<File, PeerError> {
+    let path = dir.join(LOCK_FILE);
+    let context = || format!("cannot lock the repository {}", dir.display());
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(PeerError::io(context()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            return Err(PeerError::RepositoryInUse {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(PeerError::io(context())(e)),
+    }
+    // The pid is only for that message; failing to write it is harmless.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
 impl Repo {
     /// Opens (creating if needed) the database in `dir`.
     ///
     /// # Errors
-    /// The database cannot be opened, or was written by a newer p2pfs.
+    /// Another process holds the repository, or the database cannot be
+    /// opened, or was written by a newer p2pfs.
     pub fn open(dir: &Path) -> Result<Repo, PeerError> {
+        let lock = lock_repository(dir)?;
         let path = dir.join(DB_FILE);
         let err = db_err(&path);
         let conn = Connection::open(&path).map_err(&err)?;
@@ -227,7 +274,14 @@ impl Repo {
         Ok(Repo {
             conn: Mutex::new(conn),
             path,
+            lock: Mutex::new(Some(lock)),
         })
+    }
+
+    /// Gives up the repository's lock, for a peer that has shut down: a
+    /// new peer may then open the folder while this value lives on.
+    pub fn release(&self) {
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, PeerError> {
@@ -539,6 +593,24 @@ mod tests {
             chunk_size: MIN_CHUNK_SIZE,
             hashes: vec![[seed; 32]; 3],
         }
+    }
+
+    #[test]
+    fn a_second_open_of_a_held_repository_is_refused_with_the_holder_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Repo::open(dir.path()).unwrap();
+        match Repo::open(dir.path()) {
+            Err(PeerError::RepositoryInUse { dir: d, pid }) => {
+                assert_eq!(d, dir.path());
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("expected RepositoryInUse, got {other:?}"),
+        }
+        first.release();
+        let second = Repo::open(dir.path()).unwrap();
+        drop(first);
+        drop(second);
+        Repo::open(dir.path()).unwrap();
     }
 
     #[test]

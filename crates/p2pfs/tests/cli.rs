@@ -429,3 +429,44 @@ fn a_peer_reaches_its_tracker_by_host_name() -> Result {
     p.run("list_files", "no files")?;
     Ok(())
 }
+
+#[test]
+fn a_second_peer_on_the_same_repository_is_refused() -> Result {
+    let net = Net::new()?;
+    let repo = net.path("shared");
+    let (mut first, _) = Proc::peer("first", &net.join, &repo)?;
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_p2pfs"))
+        .args([
+            "peer",
+            "--join",
+            &net.join,
+            "--no-shell",
+            "--no-http",
+            "--repo",
+        ])
+        .arg(&repo)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // A second peer that starts would serve until killed.
+    let status = exit_status(&mut second)?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().ok_or("no stderr")?, &mut stderr)?;
+    assert!(!status.success(), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .ok_or_else(|| format!("no error line in: {stderr}"))?;
+    assert!(
+        error.contains("is in use by another p2pfs peer (pid ")
+            && error.contains("give this one its own --repo"),
+        "{error}"
+    );
+    // The first peer is untouched: still registered, so it can publish.
+    let file = net.path("a.txt");
+    std::fs::write(&file, b"still mine")?;
+    first.run(&format!("publish {} a.txt", quoted(&file)), "published")?;
+    Ok(())
+}
