@@ -1140,6 +1140,64 @@ async fn peers_that_leave_are_forgotten() {
 }
 
 /// A raw downloader connection to a peer: asks for one chunk at a time.
+/// Two connections that register one peer id (a reconnect, or a copied
+/// repository): the newer counts, and the older one's requests are refused
+/// rather than filed under the newer one's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_with_the_same_peer_id_takes_over() {
+    within(30, async {
+        let mut swarm = Swarm::new().await;
+        let (path, _) = swarm.file("one.txt", 5000, 21);
+        let manifest = p2pfs_peer::hashing::build_manifest(&path).expect("manifest");
+        let id = PeerId::random();
+        let mut clients = Vec::new();
+        for port in [9001, 9002] {
+            let client = RpcClient::connect(swarm.addr, Role::Peer, Role::Tracker, &swarm.security)
+                .await
+                .expect("connect");
+            let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let reply = client
+                .call(Message::RequestRegister {
+                    peer_id: id,
+                    listen,
+                })
+                .await
+                .expect("register");
+            assert_eq!(reply, Message::ReplyRegister { listen });
+            clients.push(client);
+        }
+        let publish = |name: &str| Message::RequestPublish {
+            name: name.into(),
+            local_path: path.display().to_string(),
+            manifest: manifest.clone(),
+        };
+        let e = match clients[0].call(publish("old.txt")).await {
+            Err(p2pfs_proto::ProtoError::Remote(e)) => e,
+            other => panic!("the older connection published: {other:?}"),
+        };
+        assert_eq!(e.code, p2pfs_proto::ErrorCode::NotRegistered);
+        assert!(
+            e.message
+                .contains("another connection has registered as this peer")
+                && e.message.contains("127.0.0.1:9002"),
+            "{}",
+            e.message
+        );
+        assert!(swarm.tracker.files().is_empty());
+        let reply = clients[1].call(publish("new.txt")).await.expect("reply");
+        assert!(matches!(reply, Message::ReplyPublish { .. }), "{reply:?}");
+        let files = swarm.tracker.files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "new.txt");
+        // The older connection's end does not take the newer one's place.
+        drop(clients.remove(0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(swarm.tracker.peers().len(), 1);
+        assert_eq!(swarm.tracker.files().len(), 1);
+    })
+    .await;
+}
+
 struct RawSource {
     reader: p2pfs_proto::frame_reader::FrameReader<p2pfs_proto::secure::ReadHalf>,
     writer: p2pfs_proto::conn::FrameWriter<p2pfs_proto::secure::WriteHalf>,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::handle::Shared;
-use crate::state::{Located, State};
+use crate::state::{Located, Refusal, State};
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
@@ -185,6 +185,48 @@ async fn session(
     }
 }
 
+/// The peer this connection speaks for, or the refusal of a request that
+/// needs one (`doing`: what the request does). A connection stops speaking
+/// for its peer once a newer connection registers the same peer id: a
+/// reconnect whose old connection has not timed out yet, or two peers with
+/// one identity (a copied repository). Its requests would otherwise be
+/// filed under the newer connection's address.
+fn speaker(
+    state: &State,
+    registered: &mut Option<PeerId>,
+    conn_id: u64,
+    doing: &str,
+) -> Result<PeerId, Refusal> {
+    let Some(peer) = *registered else {
+        return Err((ErrorCode::NotRegistered, format!("register before {doing}")));
+    };
+    match state.connection_of(peer) {
+        Some((current, _)) if current == conn_id => Ok(peer),
+        Some((_, addr)) => {
+            *registered = None;
+            Err((
+                ErrorCode::NotRegistered,
+                format!(
+                    "another connection has registered as this peer ({}, at {addr}); \
+                     this one no longer counts. Connect again to take over, and give \
+                     each peer its own repository",
+                    peer.short()
+                ),
+            ))
+        }
+        None => {
+            *registered = None;
+            Err((
+                ErrorCode::NotRegistered,
+                format!(
+                    "the tracker no longer lists this peer ({}); connect again",
+                    peer.short()
+                ),
+            ))
+        }
+    }
+}
+
 fn refusal((code, message): (ErrorCode, String)) -> Message {
     Message::error(code, message)
 }
@@ -259,6 +301,14 @@ fn handle_request<'s>(
                     state.remove_peer(old, Some(conn_id));
                 }
             }
+            if let Some((old_conn, old_addr)) = state.connection_of(peer_id) {
+                if old_conn != conn_id {
+                    // A reconnect before the old connection timed out, or
+                    // two peers sharing one identity: the newer counts.
+                    info!(peer = %peer_id.short(), %listen, older = %old_addr,
+                        "peer registered on a new connection; the older one no longer counts");
+                }
+            }
             state.register(peer_id, listen, conn_id);
             info!(peer = %peer_id.short(), %listen, "peer registered");
             Message::ReplyRegister { listen }
@@ -267,9 +317,9 @@ fn handle_request<'s>(
             name,
             local_path,
             manifest,
-        } => match *registered {
-            None => Message::error(ErrorCode::NotRegistered, "register before publishing"),
-            Some(peer) => {
+        } => match speaker(state, registered, conn_id, "publishing") {
+            Err(r) => refusal(r),
+            Ok(peer) => {
                 let size = manifest.size;
                 match state.publish(peer, name.clone(), local_path, manifest) {
                     Ok(content_id) => {
@@ -283,34 +333,32 @@ fn handle_request<'s>(
         Message::RequestChunkRegister {
             content_id,
             indexes,
-        } => match *registered {
-            None => Message::error(
-                ErrorCode::NotRegistered,
-                "register before announcing chunks",
-            ),
-            Some(peer) => state
+        } => match speaker(state, registered, conn_id, "announcing chunks") {
+            Err(r) => refusal(r),
+            Ok(peer) => state
                 .chunk_register(peer, content_id, &indexes)
                 .map_or_else(refusal, |()| Message::Ok),
         },
-        Message::RequestHave { manifest, have } => match *registered {
-            None => Message::error(
-                ErrorCode::NotRegistered,
-                "register before announcing chunks",
-            ),
-            Some(peer) => state
-                .have(peer, manifest, &have)
-                .map_or_else(refusal, |_| Message::Ok),
-        },
-        Message::RequestUnpublish { name } => match *registered {
-            None => Message::error(ErrorCode::NotRegistered, "register before unpublishing"),
-            Some(peer) => match state.unpublish(peer, &name) {
-                Ok(()) => {
-                    info!(peer = %peer.short(), %name, "file withdrawn");
-                    Message::Ok
-                }
+        Message::RequestHave { manifest, have } => {
+            match speaker(state, registered, conn_id, "announcing chunks") {
                 Err(r) => refusal(r),
-            },
-        },
+                Ok(peer) => state
+                    .have(peer, manifest, &have)
+                    .map_or_else(refusal, |_| Message::Ok),
+            }
+        }
+        Message::RequestUnpublish { name } => {
+            match speaker(state, registered, conn_id, "unpublishing") {
+                Err(r) => refusal(r),
+                Ok(peer) => match state.unpublish(peer, &name) {
+                    Ok(()) => {
+                        info!(peer = %peer.short(), %name, "file withdrawn");
+                        Message::Ok
+                    }
+                    Err(r) => refusal(r),
+                },
+            }
+        }
         Message::Heartbeat => {
             changed = false;
             Message::Ok

@@ -213,6 +213,11 @@ fn now_secs() -> u64 {
 }
 
 impl State {
+    /// The connection a peer is registered on, and its address.
+    pub fn connection_of(&self, peer_id: PeerId) -> Option<(u64, SocketAddr)> {
+        self.peers.get(&peer_id).map(|p| (p.conn_id, p.addr))
+    }
+
     /// Registers (or re-registers) a peer on connection `conn_id`.
     /// A peer id or address already online is replaced: the newer wins.
     pub fn register(&mut self, peer_id: PeerId, addr: SocketAddr, conn_id: u64) {
